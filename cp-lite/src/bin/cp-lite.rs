@@ -1,0 +1,3 @@
+//! `cp-lite`: the thin control plane.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `kumactl`: the operator CLI.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Mesh certificate authorities: builtin and provided CAs, CSR signing, trust bundles.

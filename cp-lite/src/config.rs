@@ -1,0 +1,1 @@
+//! Configuration of `cp-lite run`: flags with `KUMA_*` environment fallbacks.

@@ -1,0 +1,1 @@
+//! `kumactl`, the operator CLI, as a library so tests can drive it in-process.

@@ -1,0 +1,1 @@
+//! Persistent and in-memory storage of resources, behind one interface.

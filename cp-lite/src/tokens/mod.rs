@@ -1,0 +1,1 @@
+//! Dataplane tokens: RS256 JWTs, per-mesh signing keys, revocation and boundary checks.

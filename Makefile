@@ -19,6 +19,7 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 build:
@@ -26,4 +27,5 @@ build:
 
 ## bench: performance figures, one `name: value unit` line each
 bench: deps
-	$(CARGO) run --release -p integration-tests --bin bench
+	$(CARGO) build --release --workspace --bins
+	@$(CARGO) run --quiet --release -p integration-tests --bin bench

@@ -19,11 +19,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The path of a workspace binary built next to the running test executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // Tests run from target/<profile>/deps/, the bench binary from target/<profile>/.
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -292,4 +292,84 @@ pub fn openssl(args: &[&str]) -> Result<(bool, String)> {
             String::from_utf8_lossy(&out.stderr)
         ),
     ))
+}
+
+/// A gRPC client of the DP server, trusting the CA cp-lite wrote to its data directory.
+pub mod dp {
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+    use cp_lite_api::v1::dataplane_service_client::DataplaneServiceClient;
+    use cp_lite_api::v1::{
+        DataplaneRef, RegisterRequest, SignCertificateRequest, SignCertificateResponse,
+    };
+    use tonic::Request;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+    /// A connected client.
+    pub type Client = DataplaneServiceClient<Channel>;
+
+    /// Connects to the DP server at `address` over TLS, verifying it with `dp-server-ca.pem`.
+    pub async fn connect(data_dir: &Path, address: std::net::SocketAddr) -> Result<Client> {
+        let ca = std::fs::read(data_dir.join("dp-server-ca.pem")).context("dp-server-ca.pem")?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{address}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(DataplaneServiceClient::new(channel))
+    }
+
+    /// `message` with the token in the `authorization` metadata.
+    pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = token.parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Names a Dataplane.
+    pub fn dataplane(mesh: &str, name: &str) -> Option<DataplaneRef> {
+        Some(DataplaneRef {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Registers a Dataplane from its YAML.
+    pub async fn register(
+        client: &mut Client,
+        token: &str,
+        mesh: &str,
+        name: &str,
+        yaml: &str,
+    ) -> Result<(), tonic::Status> {
+        let request = RegisterRequest {
+            dataplane: dataplane(mesh, name),
+            resource: yaml.to_string(),
+            agent_version: "test".to_string(),
+        };
+        client.register(with_token(request, token)).await.map(|_| ())
+    }
+
+    /// Sends a CSR for signing.
+    pub async fn sign(
+        client: &mut Client,
+        token: &str,
+        mesh: &str,
+        name: &str,
+        csr_der: Vec<u8>,
+    ) -> Result<SignCertificateResponse, tonic::Status> {
+        let request = SignCertificateRequest {
+            dataplane: dataplane(mesh, name),
+            csr_der,
+        };
+        client
+            .sign_certificate(with_token(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }

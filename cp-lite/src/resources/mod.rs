@@ -4,9 +4,43 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
 
+mod dataplane;
+mod de;
+mod duration;
+mod insight;
+mod mesh;
+mod names;
+mod parse;
+mod policy;
+mod secret;
+mod tags;
 mod validation;
 
+pub use dataplane::{Admin, DataplaneSpec, Inbound, Networking, Outbound};
+pub use de::{format_rfc3339, parse_rfc3339};
+pub use duration::{DurationError, parse_kuma_duration};
+pub use insight::{DataplaneInsightSpec, MtlsInsight};
+pub use mesh::{
+    BUILTIN_TYPE, Backend, BuiltinConf, DEFAULT_CA_LIFETIME, DEFAULT_DP_CERT_LIFETIME,
+    DEFAULT_RSA_BITS, DataSource, DpCert, DpCertRotation, LEGACY_BUILTIN_BACKEND,
+    LEGACY_PROVIDED_BACKEND, MeshSpec, Mtls, MtlsMode, PROVIDED_TYPE, ProvidedConf,
+    SUPPORTED_RSA_BITS, builtin_cert_secret_name, builtin_key_secret_name,
+    legacy_provided_cert_secret_name, legacy_provided_key_secret_name, validate_mesh_update,
+};
+pub use names::{MAX_MESH_NAME_LENGTH, MAX_NAME_LENGTH, is_rfc1123_subdomain, validate_key};
+pub use parse::{
+    DEFAULT_MESH, KUBERNETES_API_VERSION, MESH_LABEL, ParseError, parse_documents, parse_rest_body,
+    to_rest_json,
+};
+pub use policy::{
+    Action, FromConf, FromRule, MeshTrafficPermissionSpec, Selector, TargetRef,
+    TrafficPermissionSpec,
+};
+pub use secret::SecretSpec;
+pub use tags::{PROTOCOL_TAG, SERVICE_TAG};
 pub use validation::{ValidationError, Violation};
 
 /// A type of resource that cp-lite stores.
@@ -119,5 +153,120 @@ impl fmt::Display for ResourceKey {
             write!(f, " mesh={:?}", self.mesh)?;
         }
         Ok(())
+    }
+}
+
+/// Bookkeeping the store keeps next to a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceMeta {
+    /// Bumped on every update; used for optimistic concurrency.
+    pub version: u64,
+    pub creation_time: OffsetDateTime,
+    pub modification_time: OffsetDateTime,
+}
+
+/// A typed spec of any resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Mesh(MeshSpec),
+    Dataplane(DataplaneSpec),
+    TrafficPermission(TrafficPermissionSpec),
+    MeshTrafficPermission(MeshTrafficPermissionSpec),
+    Secret(SecretSpec),
+    DataplaneInsight(DataplaneInsightSpec),
+}
+
+impl Spec {
+    /// The type of this spec.
+    pub fn kind(&self) -> ResourceType {
+        match self {
+            Spec::Mesh(_) => ResourceType::Mesh,
+            Spec::Dataplane(_) => ResourceType::Dataplane,
+            Spec::TrafficPermission(_) => ResourceType::TrafficPermission,
+            Spec::MeshTrafficPermission(_) => ResourceType::MeshTrafficPermission,
+            Spec::Secret(_) => ResourceType::Secret,
+            Spec::DataplaneInsight(_) => ResourceType::DataplaneInsight,
+        }
+    }
+
+    /// The stored form: the REST spec fields in camelCase (for a MeshTrafficPermission, the
+    /// content of its `spec`). Mesh mTLS is always in the current schema.
+    pub fn to_value(&self) -> Value {
+        let value = match self {
+            Spec::Mesh(s) => serde_json::to_value(s),
+            Spec::Dataplane(s) => serde_json::to_value(s),
+            Spec::TrafficPermission(s) => serde_json::to_value(s),
+            Spec::MeshTrafficPermission(s) => serde_json::to_value(s),
+            Spec::Secret(s) => serde_json::to_value(s),
+            Spec::DataplaneInsight(s) => serde_json::to_value(s),
+        };
+        // These types serialize only strings, numbers, booleans, lists and string-keyed maps,
+        // which cannot fail; Null is never produced in practice.
+        value.unwrap_or(Value::Null)
+    }
+
+    /// Reads the stored form back. The legacy Mesh `ca: {provided: {}}` schema needs the mesh
+    /// name and is rejected here: use [`Spec::parse`] for user input.
+    pub fn from_value(kind: ResourceType, value: Value) -> Result<Spec, ParseError> {
+        Self::decode(kind, None, value)
+    }
+
+    /// Parses user input for the resource `key` (both Mesh mTLS schemas; the legacy provided
+    /// CA refers to the Secrets `<mesh>.ca-provided-{cert,key}-1`). Not validated.
+    pub fn parse(key: &ResourceKey, value: Value) -> Result<Spec, ParseError> {
+        Self::decode(key.kind, Some(&key.name), value)
+    }
+
+    fn decode(kind: ResourceType, name: Option<&str>, value: Value) -> Result<Spec, ParseError> {
+        let spec = match kind {
+            ResourceType::Mesh => Spec::Mesh(MeshSpec::parse(value, name)?),
+            ResourceType::Dataplane => Spec::Dataplane(de::from_value(value, "")?),
+            ResourceType::TrafficPermission => Spec::TrafficPermission(de::from_value(value, "")?),
+            ResourceType::MeshTrafficPermission => {
+                Spec::MeshTrafficPermission(MeshTrafficPermissionSpec::parse(value)?)
+            }
+            ResourceType::Secret => Spec::Secret(de::from_value(value, "")?),
+            ResourceType::DataplaneInsight => Spec::DataplaneInsight(de::from_value(value, "")?),
+        };
+        Ok(spec)
+    }
+
+    /// Every static rule for this spec stored under `key`, with Kuma's texts: name rules
+    /// (including the 63-character Mesh limit), then the type's own rules. Rules that need
+    /// other resources (the mesh exists, provided CA material, CA changes) are the manager's.
+    pub fn validate(&self, key: &ResourceKey) -> Result<(), ValidationError> {
+        let mut err = validate_key(key);
+        if key.kind != self.kind() {
+            err.add(
+                "type",
+                format!("{} does not match the spec of a {}", key.kind, self.kind()),
+            );
+        }
+        let own = match self {
+            Spec::Mesh(s) => s.validate(&key.name),
+            Spec::Dataplane(s) => s.validate(),
+            Spec::TrafficPermission(s) => s.validate(),
+            Spec::MeshTrafficPermission(s) => s.validate(),
+            Spec::Secret(s) => s.validate(),
+            Spec::DataplaneInsight(_) => Ok(()),
+        };
+        if let Err(own) = own {
+            err.extend(own);
+        }
+        err.into_result()
+    }
+}
+
+/// A resource: its key and typed spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub key: ResourceKey,
+    pub spec: Spec,
+}
+
+impl Resource {
+    /// A resource of `key` with `spec`.
+    pub fn new(key: ResourceKey, spec: Spec) -> Self {
+        Resource { key, spec }
     }
 }

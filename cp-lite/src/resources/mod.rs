@@ -270,3 +270,109 @@ impl Resource {
         Resource { key, spec }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stored_examples() -> Vec<(ResourceType, Value)> {
+        vec![
+            (
+                ResourceType::Mesh,
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+                    {"name": "ca-1", "type": "builtin", "mode": "PERMISSIVE",
+                     "dpCert": {"rotation": {"expiration": "1d"}},
+                     "conf": {"caCert": {"RSAbits": 2048}}}]},
+                    "metrics": {"enabledBackend": "prom"}}),
+            ),
+            (
+                ResourceType::Dataplane,
+                json!({"networking": {"address": "10.0.0.1",
+                    "inbound": [{"port": 1, "servicePort": 2, "tags": {"kuma.io/service": "a"}}],
+                    "outbound": [{"port": 3, "tags": {"kuma.io/service": "b"}}],
+                    "admin": {"port": 9901}}}),
+            ),
+            (
+                ResourceType::TrafficPermission,
+                json!({"sources": [{"match": {"kuma.io/service": "*"}}],
+                       "destinations": [{"match": {"kuma.io/service": "a"}}]}),
+            ),
+            (
+                ResourceType::MeshTrafficPermission,
+                json!({"targetRef": {"kind": "Mesh"},
+                       "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}}]}),
+            ),
+            (ResourceType::Secret, json!({"data": "dGVzdA=="})),
+            (
+                ResourceType::DataplaneInsight,
+                json!({"agentVersion": "1.0", "connectedTime": "2024-01-01T00:00:00Z"}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn stored_form_round_trips_for_every_type() {
+        for (kind, value) in stored_examples() {
+            let spec = Spec::from_value(kind, value.clone()).unwrap();
+            assert_eq!(spec.kind(), kind);
+            assert_eq!(spec.to_value(), value, "{kind}");
+        }
+    }
+
+    #[test]
+    fn from_value_needs_the_name_for_the_legacy_provided_ca() {
+        let legacy = json!({"mtls": {"enabled": true, "ca": {"provided": {}}}});
+        let err = Spec::from_value(ResourceType::Mesh, legacy.clone()).unwrap_err();
+        assert_eq!(
+            err.validation().unwrap().violations[0].field,
+            "mtls.ca.provided"
+        );
+        let spec = Spec::parse(&ResourceKey::mesh("demo"), legacy).unwrap();
+        assert_eq!(
+            spec.to_value()["mtls"]["backends"][0]["conf"]["cert"]["secret"],
+            "demo.ca-provided-cert-1"
+        );
+        // The legacy builtin CA needs no name.
+        let spec = Spec::from_value(
+            ResourceType::Mesh,
+            json!({"mtls": {"enabled": true, "ca": {"builtin": {}}}}),
+        )
+        .unwrap();
+        assert_eq!(spec.to_value()["mtls"]["enabledBackend"], "builtin");
+    }
+
+    #[test]
+    fn validate_combines_name_and_spec_rules() {
+        let spec = Spec::from_value(ResourceType::Secret, json!({})).unwrap();
+        let key = ResourceKey::in_mesh(ResourceType::Secret, "default", "Bad_Name");
+        assert_eq!(
+            spec.validate(&key).unwrap_err().to_string(),
+            "name: invalid characters. A lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character; data: cannot be empty"
+        );
+        let mesh = Spec::Mesh(MeshSpec::default());
+        assert_eq!(
+            mesh.validate(&ResourceKey::mesh("m".repeat(64)))
+                .unwrap_err()
+                .to_string(),
+            "name: cannot be longer than 63 characters"
+        );
+        assert_eq!(mesh.validate(&ResourceKey::mesh("m".repeat(63))), Ok(()));
+        let err = mesh
+            .validate(&ResourceKey::in_mesh(ResourceType::Secret, "m", "s"))
+            .unwrap_err();
+        assert_eq!(err.violations[0].field, "type");
+    }
+
+    #[test]
+    fn key_display_is_kumas() {
+        assert_eq!(
+            ResourceKey::in_mesh(ResourceType::Secret, "m", "x").to_string(),
+            r#"type="Secret" name="x" mesh="m""#
+        );
+        assert_eq!(
+            ResourceKey::mesh("m").to_string(),
+            r#"type="Mesh" name="m""#
+        );
+    }
+}

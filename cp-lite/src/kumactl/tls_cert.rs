@@ -77,11 +77,18 @@ pub struct CertificateRequest {
     pub hostnames: Vec<String>,
 }
 
+/// The SAN of a client certificate made with the older form `--type=client` and no hostname, as
+/// Kuma 0.7 did (the reference docs still show that form).
+const DEFAULT_CLIENT_HOSTNAME: &str = "localhost";
+
 /// Checks the flags with Kuma's texts: required flags first (as cobra does), then the type, then
-/// the key type, then that a hostname is left after dropping empty ones.
+/// the key type, then that a hostname is left after dropping empty ones. The older form
+/// `--type=client` without `--hostname` keeps working and names `localhost`.
 pub fn validate(args: &TlsCertificateArgs) -> Result<CertificateRequest, KumactlError> {
+    let older_client_form =
+        args.hostnames.is_empty() && args.cert_type.as_deref() == Some("client");
     let mut missing = Vec::new();
-    if args.hostnames.is_empty() {
+    if args.hostnames.is_empty() && !older_client_form {
         missing.push("\"hostname\"");
     }
     if args.cert_type.is_none() {
@@ -111,6 +118,13 @@ pub fn validate(args: &TlsCertificateArgs) -> Result<CertificateRequest, Kumactl
             )));
         }
     };
+    if older_client_form {
+        return Ok(CertificateRequest {
+            cert_type,
+            key_type,
+            hostnames: vec![DEFAULT_CLIENT_HOSTNAME.to_owned()],
+        });
+    }
     let hostnames: Vec<String> = args
         .hostnames
         .iter()
@@ -299,7 +313,7 @@ mod tests {
             "required flag(s) \"hostname\", \"type\" not set"
         );
         assert_eq!(
-            error(&["--type", "client"]),
+            error(&["--type", "server"]),
             "required flag(s) \"hostname\" not set"
         );
         assert_eq!(
@@ -313,6 +327,20 @@ mod tests {
         assert_eq!(
             error(&["--type", "server", "--hostname", ""]),
             "at least one hostname must be given"
+        );
+    }
+
+    #[test]
+    fn older_client_form_without_hostname_still_works() {
+        // Reference doc 004: `kumactl generate tls-certificate --cert-file=.. --key-file=.. --type=client`.
+        let request = validate(&args(&["--type=client", "--key-file=k", "--cert-file=c"])).unwrap();
+        assert_eq!(
+            request,
+            CertificateRequest {
+                cert_type: CertType::Client,
+                key_type: KeyType::Rsa,
+                hostnames: vec!["localhost".to_owned()],
+            }
         );
     }
 

@@ -37,7 +37,10 @@ pub use cli::{
 pub use config::{ConfigError, KumactlConfig};
 pub use duration::{InvalidDuration, format_go_duration, parse_go_duration};
 pub use error::{Cause, InvalidParameter, KumactlError, ProblemDocument};
-pub use tls_cert::{CertType, CertificateRequest, KeyPairPem, KeyType, PrivateKeyPem};
+pub use tls_cert::{
+    CertType, CertificateRequest, KeyPairPem, KeyType, PrivateKeyPem,
+    generate as generate_self_signed_certificate,
+};
 
 use client::ApiClient;
 use kinds::Kind;

@@ -1,14 +1,15 @@
 //! Configuration of `cp-lite run`: flags with `KUMA_*` environment fallbacks.
 //!
-//! As in Kuma, an environment variable that is set wins over the flag (see [`parse_env_wins`]).
+//! As in Kuma, an environment variable that is set wins over the flag (see
+//! [`cp_lite_api::cli::parse_env_wins`]).
 //! Names and defaults are the constants below; [`RunArgs::validate`] turns the raw flags into a
 //! checked [`Config`] once, so that bad configuration is reported before anything starts.
 
-use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+pub use cp_lite_api::cli::parse_env_wins;
 
 use crate::store::StoreType;
 
@@ -190,78 +191,10 @@ impl RunArgs {
     }
 }
 
-/// Parses a clap command line where, as in Kuma, a set environment variable wins over its flag.
-///
-/// clap itself prefers the flag. So every flag whose `env` variable is set (in `env`) is removed
-/// from the arguments before parsing, and clap then reads the variable instead.
-pub fn parse_env_wins<T: Parser>(
-    args: impl IntoIterator<Item = OsString>,
-    env: impl Fn(&str) -> Option<OsString>,
-) -> Result<T, clap::Error> {
-    let command = T::command();
-    let args: Vec<OsString> = args.into_iter().collect();
-    let filtered = strip_overridden_flags(&command, args, &env);
-    let mut matches = command.try_get_matches_from(filtered)?;
-    T::from_arg_matches_mut(&mut matches)
-}
-
-/// Removes `--flag value`, `--flag=value` and bare `--flag` occurrences of every flag (of the
-/// command or any subcommand) whose environment variable is set.
-fn strip_overridden_flags(
-    command: &clap::Command,
-    args: Vec<OsString>,
-    env: &impl Fn(&str) -> Option<OsString>,
-) -> Vec<OsString> {
-    let mut overridden: Vec<(String, bool)> = Vec::new();
-    collect_overridden(command, env, &mut overridden);
-    if overridden.is_empty() {
-        return args;
-    }
-    let mut out = Vec::with_capacity(args.len());
-    let mut iter = args.into_iter();
-    while let Some(arg) = iter.next() {
-        let text = arg.to_string_lossy().into_owned();
-        if text == "--" {
-            out.push(arg);
-            out.extend(iter);
-            break;
-        }
-        let hit = overridden.iter().find(|(long, _)| {
-            text == format!("--{long}") || text.starts_with(&format!("--{long}="))
-        });
-        match hit {
-            Some((long, takes_value)) => {
-                if *takes_value && text == format!("--{long}") {
-                    // The value is the next argument.
-                    iter.next();
-                }
-            }
-            None => out.push(arg),
-        }
-    }
-    out
-}
-
-fn collect_overridden(
-    command: &clap::Command,
-    env: &impl Fn(&str) -> Option<OsString>,
-    out: &mut Vec<(String, bool)>,
-) {
-    for arg in command.get_arguments() {
-        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
-            continue;
-        };
-        if env(&var.to_string_lossy()).is_some() {
-            out.push((long.to_string(), arg.get_action().takes_values()));
-        }
-    }
-    for sub in command.get_subcommands() {
-        collect_overridden(sub, env, out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> RunArgs {
@@ -303,17 +236,6 @@ mod tests {
         );
         assert_eq!(run.api_server_http_port, 1234);
         assert_eq!(run.dp_server_port, 0);
-    }
-
-    #[test]
-    fn a_set_variable_removes_its_flag() {
-        let command = Cli::command();
-        let args = ["cp-lite", "run", "--api-server-http-port", "1234", "--dp-server-port=9"]
-            .map(OsString::from)
-            .to_vec();
-        let env = |name: &str| (name == "KUMA_API_SERVER_HTTP_PORT").then(|| OsString::from("7"));
-        let stripped = strip_overridden_flags(&command, args, &env);
-        assert_eq!(stripped, ["cp-lite", "run", "--dp-server-port=9"].map(OsString::from));
     }
 
     #[test]

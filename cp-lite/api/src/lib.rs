@@ -1,5 +1,7 @@
 //! The gRPC protocol between `kuma-dp` and `cp-lite`'s DP server, generated from
-//! `proto/kuma/dp/v1/dataplane.proto`.
+//! `proto/kuma/dp/v1/dataplane.proto`, and command-line helpers shared by the binaries.
+
+pub mod cli;
 
 /// Version 1 of the protocol.
 pub mod v1 {

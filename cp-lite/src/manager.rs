@@ -1,0 +1,988 @@
+//! The resource manager: every write to the store goes through here, so Kuma's manager-level
+//! rules (mesh existence, CA rules, delete guards, CA and signing-key creation) hold whatever the
+//! entry point is (API server, admin server, DP server).
+//!
+//! Writes are optimistic: read, validate, then one atomic `commit` with the versions that were
+//! read. A commit that loses a race (`AlreadyExists`, `Conflict`, `NotFound`) is retried from the
+//! read, so two control planes sharing a store never create two CAs or two signing keys.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tracing::{debug, info};
+
+use crate::ca;
+use crate::resources::{
+    Backend, DataSource, MeshSpec, ParseError, Resource, ResourceKey, ResourceType, SecretSpec,
+    Spec, ValidationError, builtin_cert_secret_name, builtin_key_secret_name, validate_mesh_update,
+};
+use crate::store::{Store, StoreError, StoredResource, WriteOp};
+use crate::tokens::{self, SigningKey, Token, TokenRequest};
+
+/// How many times a write is tried when concurrent writers keep winning.
+const MAX_ATTEMPTS: u32 = 16;
+/// Upper bound of the jittered pause between attempts; small, because a lost race is resolved
+/// by re-reading, not by waiting.
+const MAX_BACKOFF: Duration = Duration::from_millis(40);
+/// Kuma's manager-level limit on Mesh names.
+const MESH_NAME_MAX_LEN: usize = 63;
+/// Kuma's limit on the builtin CA secret names (`Backend name is too long`).
+const CA_SECRET_NAME_MAX_LEN: usize = 255;
+/// The serial of the only signing certificate a mesh's legacy provided CA holds.
+const PROVIDED_CERT_SERIAL: u32 = 1;
+/// Length of a provided certificate id: a hex prefix of its SHA-256 fingerprint.
+const PROVIDED_CERT_ID_LEN: usize = 16;
+/// The serial of a mesh's first signing key (Kuma's `DefaultKeyID`).
+const FIRST_SIGNING_KEY_SERIAL: u32 = 1;
+
+/// Secret holding the legacy provided CA certificate of `mesh`.
+pub fn provided_cert_secret_name(mesh: &str) -> String {
+    format!("{mesh}.ca-provided-cert-{PROVIDED_CERT_SERIAL}")
+}
+
+/// Secret holding the legacy provided CA key of `mesh`.
+pub fn provided_key_secret_name(mesh: &str) -> String {
+    format!("{mesh}.ca-provided-key-{PROVIDED_CERT_SERIAL}")
+}
+
+/// The handle every server uses to read and write resources. Cheap to clone.
+#[derive(Clone)]
+pub struct ResourceManager {
+    store: Arc<dyn Store>,
+}
+
+impl fmt::Debug for ResourceManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceManager")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The resource did not exist and was created.
+    Created,
+    /// The resource existed and now has the applied spec.
+    Updated,
+}
+
+/// A signing certificate of a mesh's legacy provided CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvidedCertificate {
+    /// The first 16 hex digits of the certificate's SHA-256 fingerprint.
+    pub id: String,
+    /// The certificate, PEM, as it was added.
+    pub cert_pem: String,
+    /// When the (first) certificate expires.
+    pub not_after: OffsetDateTime,
+}
+
+/// Why a manager operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The request breaks rules; each violation names its field (Kuma texts).
+    #[error("{0}")]
+    Validation(ValidationError),
+    /// The resource (or the mesh an operation needs) does not exist.
+    #[error("resource not found: {0}")]
+    NotFound(ResourceKey),
+    /// No signing key exists for the mesh; the text is Kuma's SigningKeyNotFound text.
+    #[error("{0}")]
+    SigningKeyNotFound(String),
+    /// Concurrent writers kept changing the resource; the write was given up.
+    #[error("resource was modified concurrently {MAX_ATTEMPTS} times in a row: {0}")]
+    Conflict(ResourceKey),
+    /// The mesh's legacy provided CA already holds a signing certificate.
+    #[error("cannot add more than 1 signing certificate to provided CA")]
+    ProvidedCertificateExists {
+        /// The mesh.
+        mesh: String,
+    },
+    /// The mesh's legacy provided CA has no signing certificate with this id.
+    #[error("there is no signing certificate with id {id:?} in mesh {mesh:?}")]
+    ProvidedCertificateNotFound {
+        /// The mesh.
+        mesh: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// Only one of the two secrets of a builtin CA exists, so the CA can neither be used nor
+    /// created without overwriting somebody's data.
+    #[error(
+        "failed to create CA for mesh {mesh:?} and backend {backend:?}: resource already exists: {existing}"
+    )]
+    IncompleteBuiltinCa {
+        /// The mesh.
+        mesh: String,
+        /// The builtin backend.
+        backend: String,
+        /// The secret that exists without its partner.
+        existing: ResourceKey,
+    },
+    /// Generating a builtin CA root failed.
+    #[error("failed to create CA for mesh {mesh:?} and backend {backend:?}")]
+    CaGeneration {
+        /// The mesh.
+        mesh: String,
+        /// The builtin backend.
+        backend: String,
+        /// Why.
+        #[source]
+        source: ca::CaError,
+    },
+    /// A stored provided certificate is not a readable PEM certificate.
+    #[error("stored certificate {key} is not readable")]
+    StoredCertificate {
+        /// The secret holding it.
+        key: ResourceKey,
+    },
+    /// Creating, reading or using a signing key failed.
+    #[error("could not issue a dataplane token")]
+    Token(#[source] tokens::TokenError),
+    /// A stored resource does not parse as its type.
+    #[error("stored resource {key} is not readable")]
+    StoredSpec {
+        /// The resource.
+        key: ResourceKey,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+    /// A blocking task (key generation) panicked or was cancelled.
+    #[error("a key generation task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<ValidationError> for ManagerError {
+    fn from(err: ValidationError) -> Self {
+        ManagerError::Validation(err)
+    }
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(err: StoreError) -> Self {
+        ManagerError::Store(err)
+    }
+}
+
+/// Why a data source (provided CA cert or key) could not be loaded. Display is the Go-like text
+/// Kuma puts after `could not load data: `.
+#[derive(Debug, thiserror::Error)]
+pub enum DataSourceError {
+    /// The referenced Secret does not exist in the mesh.
+    #[error("resource not found: {0}")]
+    SecretNotFound(ResourceKey),
+    /// The file could not be read.
+    #[error("open {}: {}", .path.display(), go_io_text(.source))]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The referenced Secret is not readable.
+    #[error("secret {key} is not readable")]
+    Secret {
+        /// The secret.
+        key: ResourceKey,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+    /// The store failed.
+    #[error("the store failed")]
+    Store(#[source] StoreError),
+}
+
+/// The result of one attempt of an optimistic write.
+enum Attempt {
+    /// Lost a race against another writer: read again and retry.
+    Retry,
+    /// Failed for good.
+    Fail(ManagerError),
+}
+
+impl From<ManagerError> for Attempt {
+    fn from(err: ManagerError) -> Self {
+        Attempt::Fail(err)
+    }
+}
+
+impl From<StoreError> for Attempt {
+    fn from(err: StoreError) -> Self {
+        Attempt::Fail(ManagerError::Store(err))
+    }
+}
+
+impl From<ValidationError> for Attempt {
+    fn from(err: ValidationError) -> Self {
+        Attempt::Fail(ManagerError::Validation(err))
+    }
+}
+
+/// Whether a failed commit lost a race (and the operation should be retried from the read).
+fn lost_race(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Conflict { .. }
+    )
+}
+
+/// A builtin CA created by an apply, logged once its commit succeeds.
+struct NewCa {
+    backend: String,
+    not_after: OffsetDateTime,
+}
+
+impl ResourceManager {
+    /// A manager over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        ResourceManager { store }
+    }
+
+    /// The store underneath (reads that need no rule, watches).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Validates the resource (static rules, then Kuma's manager rules) and creates or updates
+    /// it. A Mesh's missing builtin CAs are generated and stored in the same commit.
+    pub async fn apply(&self, resource: Resource) -> Result<ApplyOutcome, ManagerError> {
+        let Resource { key, spec } = resource;
+        if spec.kind() != key.kind {
+            let mut err = ValidationError::new();
+            err.add(
+                "type",
+                format!(
+                    "the resource is a {} but the key names a {}",
+                    spec.kind(),
+                    key.kind
+                ),
+            );
+            return Err(err.into());
+        }
+        spec.validate(&key)?;
+        let value = spec.to_value();
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff().await;
+            }
+            match self.try_apply(&key, &spec, &value).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(Attempt::Retry) => debug!(%key, attempt, "apply lost a race, retrying"),
+                Err(Attempt::Fail(err)) => return Err(err),
+            }
+        }
+        Err(ManagerError::Conflict(key))
+    }
+
+    async fn try_apply(
+        &self,
+        key: &ResourceKey,
+        spec: &Spec,
+        value: &serde_json::Value,
+    ) -> Result<ApplyOutcome, Attempt> {
+        if key.kind.is_mesh_scoped() {
+            self.require_mesh(&key.mesh).await?;
+        }
+        let existing = self.store.get(key).await?;
+        let mut ops = Vec::new();
+        let mut new_cas = Vec::new();
+        if let Spec::Mesh(mesh) = spec {
+            let old = existing.as_ref().map(mesh_spec).transpose()?;
+            self.validate_mesh(&key.name, mesh, old.as_ref()).await?;
+            new_cas = self.missing_builtin_cas(&key.name, mesh, &mut ops).await?;
+        }
+        let outcome = match &existing {
+            None => {
+                ops.insert(
+                    0,
+                    WriteOp::Create {
+                        key: key.clone(),
+                        spec: value.clone(),
+                    },
+                );
+                ApplyOutcome::Created
+            }
+            // Nothing changes: skip the write so watchers are not woken for nothing (and
+            // identical concurrent applies do not fight over the version).
+            Some(stored) if ops.is_empty() && stored.spec == *value => {
+                return Ok(ApplyOutcome::Updated);
+            }
+            Some(stored) => {
+                ops.insert(
+                    0,
+                    WriteOp::Update {
+                        key: key.clone(),
+                        spec: value.clone(),
+                        expected_version: stored.version,
+                    },
+                );
+                ApplyOutcome::Updated
+            }
+        };
+        match self.store.commit(ops).await {
+            Ok(_) => {
+                for ca in new_cas {
+                    info!(mesh = %key.name, backend = %ca.backend, not_after = %ca.not_after, "CA created");
+                }
+                Ok(outcome)
+            }
+            Err(err) if lost_race(&err) => Err(Attempt::Retry),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Kuma's manager rules for a Mesh: name length (create), CA change (update), backends.
+    async fn validate_mesh(
+        &self,
+        name: &str,
+        new: &MeshSpec,
+        old: Option<&MeshSpec>,
+    ) -> Result<(), ManagerError> {
+        let mut err = ValidationError::new();
+        match old {
+            None if name.len() > MESH_NAME_MAX_LEN => {
+                err.add("name", "cannot be longer than 63 characters");
+            }
+            None => {}
+            Some(old) => {
+                if let Err(update) = validate_mesh_update(old, new) {
+                    err.violations.extend(update.violations);
+                }
+            }
+        }
+        err.violations
+            .extend(self.validate_backends(name, new).await?.violations);
+        err.into_result().map_err(ManagerError::Validation)
+    }
+
+    /// The CA plugins' `ValidateBackend`, nested under `mtls.backends[i].conf`.
+    async fn validate_backends(
+        &self,
+        mesh: &str,
+        spec: &MeshSpec,
+    ) -> Result<ValidationError, ManagerError> {
+        let mut err = ValidationError::new();
+        let skip_validation = spec.mtls.as_ref().is_some_and(|m| m.skip_validation);
+        for (i, backend) in spec.backends().iter().enumerate() {
+            let conf_path = format!("mtls.backends[{i}].conf");
+            match backend.backend_type.as_str() {
+                // Builtin names are always checked, skipValidation or not: they become secret
+                // names.
+                "builtin" => err.add_nested(&conf_path, validate_builtin_backend(mesh, backend)),
+                "provided" if skip_validation => {}
+                "provided" => {
+                    let found = self.validate_provided_backend(mesh, backend).await?;
+                    err.add_nested(&conf_path, found);
+                }
+                _ => {
+                    err.add(
+                        format!("mtls.backends[{i}].type"),
+                        "could not find installed plugin for this type",
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(err)
+    }
+
+    /// Kuma's provided plugin `ValidateBackend` (KUMA-FACTS 5), fields relative to `conf`.
+    async fn validate_provided_backend(
+        &self,
+        mesh: &str,
+        backend: &Backend,
+    ) -> Result<ValidationError, ManagerError> {
+        let conf = match backend.provided_conf() {
+            Ok(conf) => conf,
+            Err(err) => return Ok(err),
+        };
+        let loaded = match self.load_data_source(mesh, &conf.cert).await {
+            Ok(cert) => self
+                .load_data_source(mesh, &conf.key)
+                .await
+                .map(|key| (cert, key)),
+            Err(err) => Err(err),
+        };
+        let mut err = ValidationError::new();
+        match loaded {
+            Ok((cert, key)) => err.violations = ca::validate_provided_ca(&cert, &key),
+            Err(DataSourceError::Store(source)) => return Err(ManagerError::Store(source)),
+            Err(load) => {
+                let message = format!("could not load data: {load}");
+                err.add("cert", message.clone());
+                err.add("key", message);
+            }
+        }
+        Ok(err)
+    }
+
+    /// Reads a provided CA data source: a Secret in `mesh`, a file, or inline bytes.
+    pub async fn load_data_source(
+        &self,
+        mesh: &str,
+        source: &DataSource,
+    ) -> Result<Vec<u8>, DataSourceError> {
+        match source {
+            DataSource::Secret(name) => {
+                let key = ResourceKey::in_mesh(ResourceType::Secret, mesh, name.clone());
+                match self.store.get(&key).await {
+                    Ok(Some(stored)) => secret_data(&stored)
+                        .map_err(|source| DataSourceError::Secret { key, source }),
+                    Ok(None) => Err(DataSourceError::SecretNotFound(key)),
+                    Err(err) => Err(DataSourceError::Store(err)),
+                }
+            }
+            DataSource::File(path) => {
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|source| DataSourceError::File {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            DataSource::Inline(bytes) => Ok(bytes.clone()),
+            DataSource::InlineString(text) => Ok(text.as_bytes().to_vec()),
+        }
+    }
+
+    /// Generates the root of every builtin backend whose secrets are both missing and appends
+    /// their Create ops. An existing CA is never regenerated.
+    async fn missing_builtin_cas(
+        &self,
+        mesh: &str,
+        spec: &MeshSpec,
+        ops: &mut Vec<WriteOp>,
+    ) -> Result<Vec<NewCa>, ManagerError> {
+        let mut created = Vec::new();
+        for (i, backend) in spec.backends().iter().enumerate() {
+            if backend.backend_type != "builtin" {
+                continue;
+            }
+            let cert_key = ResourceKey::in_mesh(
+                ResourceType::Secret,
+                mesh,
+                builtin_cert_secret_name(mesh, &backend.name),
+            );
+            let key_key = ResourceKey::in_mesh(
+                ResourceType::Secret,
+                mesh,
+                builtin_key_secret_name(mesh, &backend.name),
+            );
+            let cert = self.store.get(&cert_key).await?;
+            let key = self.store.get(&key_key).await?;
+            match (cert, key) {
+                (Some(_), Some(_)) => continue,
+                (None, None) => {}
+                (Some(existing), None) | (None, Some(existing)) => {
+                    return Err(ManagerError::IncompleteBuiltinCa {
+                        mesh: mesh.to_string(),
+                        backend: backend.name.clone(),
+                        existing: existing.key,
+                    });
+                }
+            }
+            let conf = backend.builtin_conf().map_err(|err| {
+                let mut nested = ValidationError::new();
+                nested.add_nested(&format!("mtls.backends[{i}].conf"), err);
+                ManagerError::Validation(nested)
+            })?;
+            let now = OffsetDateTime::now_utc();
+            let mesh_name = mesh.to_string();
+            let pair = tokio::task::spawn_blocking(move || {
+                ca::generate_builtin_root(&mesh_name, conf.rsa_bits, conf.expiration, now)
+            })
+            .await
+            .map_err(ManagerError::Task)?
+            .map_err(|source| ManagerError::CaGeneration {
+                mesh: mesh.to_string(),
+                backend: backend.name.clone(),
+                source,
+            })?;
+            ops.push(WriteOp::Create {
+                key: cert_key,
+                spec: secret_value(pair.cert_pem.as_bytes().to_vec()),
+            });
+            ops.push(WriteOp::Create {
+                key: key_key,
+                spec: secret_value(pair.key_pem.expose().as_bytes().to_vec()),
+            });
+            created.push(NewCa {
+                backend: backend.name.clone(),
+                not_after: now + conf.expiration,
+            });
+        }
+        Ok(created)
+    }
+
+    /// Deletes a resource, with Kuma's guards. Deleting a Mesh deletes everything in it in the
+    /// same commit; deleting a Dataplane deletes its insight.
+    pub async fn delete(&self, key: &ResourceKey) -> Result<(), ManagerError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff().await;
+            }
+            match self.try_delete(key).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Retry) => debug!(%key, attempt, "delete lost a race, retrying"),
+                Err(Attempt::Fail(err)) => return Err(err),
+            }
+        }
+        Err(ManagerError::Conflict(key.clone()))
+    }
+
+    async fn try_delete(&self, key: &ResourceKey) -> Result<(), Attempt> {
+        let existing = self
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound(key.clone()))?;
+        let mut ops = vec![WriteOp::Delete {
+            key: key.clone(),
+            expected_version: Some(existing.version),
+        }];
+        match key.kind {
+            ResourceType::Mesh => {
+                let dataplanes = self
+                    .store
+                    .list(ResourceType::Dataplane, Some(&key.name))
+                    .await?;
+                if !dataplanes.is_empty() {
+                    let mut err = ValidationError::new();
+                    err.add(
+                        "mesh",
+                        "unable to delete mesh, there are still some dataplanes attached",
+                    );
+                    return Err(err.into());
+                }
+                for kind in ResourceType::ALL.into_iter().filter(|k| k.is_mesh_scoped()) {
+                    for owned in self.store.list(kind, Some(&key.name)).await? {
+                        ops.push(WriteOp::Delete {
+                            key: owned.key,
+                            expected_version: Some(owned.version),
+                        });
+                    }
+                }
+            }
+            ResourceType::Secret => self.guard_secrets_in_use(&key.mesh, &[&key.name]).await?,
+            ResourceType::Dataplane => {
+                let insight =
+                    ResourceKey::in_mesh(ResourceType::DataplaneInsight, &key.mesh, &key.name);
+                if let Some(insight) = self.store.get(&insight).await? {
+                    ops.push(WriteOp::Delete {
+                        key: insight.key,
+                        expected_version: Some(insight.version),
+                    });
+                }
+            }
+            _ => {}
+        }
+        match self.store.commit(ops).await {
+            Ok(_) => Ok(()),
+            Err(err) if lost_race(&err) => Err(Attempt::Retry),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Kuma's secret deletion guard (KUMA-FACTS 3.2): no backend of the mesh may use a secret
+    /// that is about to go.
+    async fn guard_secrets_in_use(&self, mesh: &str, names: &[&str]) -> Result<(), ManagerError> {
+        let Some(stored) = self.store.get(&ResourceKey::mesh(mesh)).await? else {
+            return Ok(());
+        };
+        let spec = mesh_spec(&stored)?;
+        for backend in spec.backends() {
+            let used = used_secrets(mesh, backend);
+            if let Some(name) = names.iter().find(|n| used.contains(**n)) {
+                let b = &backend.name;
+                let mut err = ValidationError::new();
+                err.add(
+                    "name",
+                    format!(
+                        "The secret {name:?} that you are trying to remove is currently in use in Mesh {mesh:?} in mTLS backend {b:?}. Please remove the reference from the {b:?} backend before removing the secret."
+                    ),
+                );
+                return Err(err.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// One resource, if it exists.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, ManagerError> {
+        Ok(self.store.get(key).await?)
+    }
+
+    /// Resources of a type, sorted by (mesh, name); `mesh: None` lists every mesh.
+    pub async fn list(
+        &self,
+        kind: ResourceType,
+        mesh: Option<&str>,
+    ) -> Result<Vec<StoredResource>, ManagerError> {
+        Ok(self.store.list(kind, mesh).await?)
+    }
+
+    /// Validates the request and signs a dataplane token with the mesh's newest signing key,
+    /// creating the mesh's first key if it has none.
+    pub async fn issue_dataplane_token(
+        &self,
+        request: TokenRequest,
+    ) -> Result<Token, ManagerError> {
+        let (claims, valid_for) = request.validate()?;
+        let (serial, key) = self.signing_key(&claims.mesh).await?;
+        let now = OffsetDateTime::now_utc();
+        tokens::issue(&key, serial, &claims, valid_for, now).map_err(ManagerError::Token)
+    }
+
+    /// The newest signing key of `mesh` and its serial; creates serial 1 on first use.
+    async fn signing_key(&self, mesh: &str) -> Result<(u32, SigningKey), ManagerError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff().await;
+            }
+            if self.store.get(&ResourceKey::mesh(mesh)).await?.is_none() {
+                return Err(signing_key_not_found(mesh));
+            }
+            let secrets = self.store.list(ResourceType::Secret, Some(mesh)).await?;
+            let newest = secrets
+                .iter()
+                .filter_map(|s| tokens::signing_key_serial(mesh, &s.key.name).map(|n| (n, s)))
+                .max_by_key(|(serial, _)| *serial);
+            if let Some((serial, stored)) = newest {
+                let pem = secret_data(stored).map_err(|source| ManagerError::StoredSpec {
+                    key: stored.key.clone(),
+                    source,
+                })?;
+                let key = SigningKey::from_pem(&pem).map_err(ManagerError::Token)?;
+                return Ok((serial, key));
+            }
+            let key = tokio::task::spawn_blocking(SigningKey::generate)
+                .await
+                .map_err(ManagerError::Task)?
+                .map_err(ManagerError::Token)?;
+            let secret = ResourceKey::in_mesh(
+                ResourceType::Secret,
+                mesh,
+                tokens::signing_key_secret_name(mesh, FIRST_SIGNING_KEY_SERIAL),
+            );
+            let op = WriteOp::Create {
+                key: secret,
+                spec: secret_value(key.to_pem().into_bytes()),
+            };
+            match self.store.commit(vec![op]).await {
+                Ok(_) => {
+                    info!(%mesh, "default Dataplane Token Signing Key created");
+                    return Ok((FIRST_SIGNING_KEY_SERIAL, key));
+                }
+                // Another writer created the key (or deleted the mesh): read again.
+                Err(err) if lost_race(&err) => {
+                    debug!(%mesh, attempt, "signing key creation lost a race, retrying");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ManagerError::Conflict(ResourceKey::in_mesh(
+            ResourceType::Secret,
+            mesh,
+            tokens::signing_key_secret_name(mesh, FIRST_SIGNING_KEY_SERIAL),
+        )))
+    }
+
+    /// Adds the signing certificate of the mesh's legacy provided CA (`kumactl manage ca
+    /// provided certificates add`): root-only rules, one certificate per mesh.
+    pub async fn add_provided_certificate(
+        &self,
+        mesh: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<ProvidedCertificate, ManagerError> {
+        self.require_existing_mesh(mesh).await?;
+        let violations = ca::validate_legacy_root(cert_pem.as_bytes(), key_pem.as_bytes());
+        if !violations.is_empty() {
+            return Err(ManagerError::Validation(ValidationError { violations }));
+        }
+        let cert_key = ResourceKey::in_mesh(
+            ResourceType::Secret,
+            mesh,
+            provided_cert_secret_name(mesh),
+        );
+        let key_key =
+            ResourceKey::in_mesh(ResourceType::Secret, mesh, provided_key_secret_name(mesh));
+        let certificate = provided_certificate(&cert_key, cert_pem.as_bytes())?;
+        let exists = || ManagerError::ProvidedCertificateExists {
+            mesh: mesh.to_string(),
+        };
+        if self.store.get(&cert_key).await?.is_some() || self.store.get(&key_key).await?.is_some()
+        {
+            return Err(exists());
+        }
+        let ops = vec![
+            WriteOp::Create {
+                key: cert_key,
+                spec: secret_value(cert_pem.as_bytes().to_vec()),
+            },
+            WriteOp::Create {
+                key: key_key,
+                spec: secret_value(key_pem.as_bytes().to_vec()),
+            },
+        ];
+        match self.store.commit(ops).await {
+            Ok(_) => {
+                info!(%mesh, id = %certificate.id, "provided CA signing certificate added");
+                Ok(certificate)
+            }
+            Err(StoreError::AlreadyExists(_)) => Err(exists()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The signing certificates of the mesh's legacy provided CA (zero or one).
+    pub async fn list_provided_certificates(
+        &self,
+        mesh: &str,
+    ) -> Result<Vec<ProvidedCertificate>, ManagerError> {
+        self.require_existing_mesh(mesh).await?;
+        let cert_key = ResourceKey::in_mesh(
+            ResourceType::Secret,
+            mesh,
+            provided_cert_secret_name(mesh),
+        );
+        let Some(stored) = self.store.get(&cert_key).await? else {
+            return Ok(Vec::new());
+        };
+        let pem = secret_data(&stored).map_err(|source| ManagerError::StoredSpec {
+            key: cert_key.clone(),
+            source,
+        })?;
+        Ok(vec![provided_certificate(&cert_key, &pem)?])
+    }
+
+    /// Deletes the mesh's provided signing certificate `id`; refused while a backend of the
+    /// mesh uses it.
+    pub async fn delete_provided_certificate(
+        &self,
+        mesh: &str,
+        id: &str,
+    ) -> Result<(), ManagerError> {
+        let not_found = || ManagerError::ProvidedCertificateNotFound {
+            mesh: mesh.to_string(),
+            id: id.to_string(),
+        };
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff().await;
+            }
+            let current = self.list_provided_certificates(mesh).await?;
+            if !current.iter().any(|c| c.id == id) {
+                return Err(not_found());
+            }
+            let cert_name = provided_cert_secret_name(mesh);
+            let key_name = provided_key_secret_name(mesh);
+            self.guard_secrets_in_use(mesh, &[&cert_name, &key_name])
+                .await?;
+            let mut ops = Vec::new();
+            for name in [cert_name, key_name] {
+                let key = ResourceKey::in_mesh(ResourceType::Secret, mesh, name);
+                if let Some(stored) = self.store.get(&key).await? {
+                    ops.push(WriteOp::Delete {
+                        key,
+                        expected_version: Some(stored.version),
+                    });
+                }
+            }
+            match self.store.commit(ops).await {
+                Ok(_) => return Ok(()),
+                Err(err) if lost_race(&err) => {
+                    debug!(%mesh, attempt, "provided certificate deletion lost a race, retrying");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ManagerError::Conflict(ResourceKey::in_mesh(
+            ResourceType::Secret,
+            mesh,
+            provided_cert_secret_name(mesh),
+        )))
+    }
+
+    /// A validation error naming `mesh` unless that mesh exists (for mesh-scoped writes).
+    async fn require_mesh(&self, mesh: &str) -> Result<(), ManagerError> {
+        if self.store.get(&ResourceKey::mesh(mesh)).await?.is_some() {
+            return Ok(());
+        }
+        let mut err = ValidationError::new();
+        err.add("mesh", format!("mesh {mesh:?} does not exist"));
+        Err(err.into())
+    }
+
+    /// `NotFound(mesh)` unless that mesh exists (for operations on a mesh).
+    async fn require_existing_mesh(&self, mesh: &str) -> Result<(), ManagerError> {
+        let key = ResourceKey::mesh(mesh);
+        match self.store.get(&key).await? {
+            Some(_) => Ok(()),
+            None => Err(ManagerError::NotFound(key)),
+        }
+    }
+}
+
+/// Kuma's SigningKeyNotFound text for the default key of `mesh`.
+fn signing_key_not_found(mesh: &str) -> ManagerError {
+    let kid = FIRST_SIGNING_KEY_SERIAL;
+    let name = tokens::signing_key_secret_name(mesh, kid);
+    ManagerError::SigningKeyNotFound(format!(
+        "there is no signing key with KID {kid}. Secret of name {name:?} in mesh {mesh:?} is not found. If signing key was rotated, regenerate the token"
+    ))
+}
+
+/// Kuma's builtin plugin `ValidateBackend`: the CA secret name must be a lower-case DNS name
+/// of at most 255 characters. Fields as Kuma writes them (relative to `conf`).
+fn validate_builtin_backend(mesh: &str, backend: &Backend) -> ValidationError {
+    if let Err(err) = backend.builtin_conf() {
+        return err;
+    }
+    let mut err = ValidationError::new();
+    let secret = builtin_cert_secret_name(mesh, &backend.name);
+    if secret.len() > CA_SECRET_NAME_MAX_LEN {
+        err.add(
+            "mtls.backends.name",
+            format!("Backend name is too long. Max length: {CA_SECRET_NAME_MAX_LEN}"),
+        );
+    }
+    if !is_dns_name(&secret) || secret.chars().any(|c| c.is_uppercase()) {
+        err.add(
+            "mtls.backends.name",
+            format!("{:?} name must be valid dns name", backend.name),
+        );
+    }
+    err
+}
+
+/// govalidator's `IsDNSName`: labels of `[a-zA-Z0-9_][a-zA-Z0-9_-]{0,62}` joined by dots, an
+/// optional trailing `.` or `_`, at most 255 characters without the dots, and not an IP.
+fn is_dns_name(name: &str) -> bool {
+    if name.is_empty() || name.replace('.', "").len() > 255 || name.parse::<IpAddr>().is_ok() {
+        return false;
+    }
+    let labels_ok = |s: &str| {
+        s.split('.').all(|label| {
+            let mut chars = label.chars();
+            label.len() <= 63
+                && chars
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    };
+    labels_ok(name)
+        || name.strip_suffix('.').is_some_and(labels_ok)
+        || name.strip_suffix('_').is_some_and(labels_ok)
+}
+
+/// The secrets a backend of `mesh` uses: the builtin CA pair, or the provided `secret` sources.
+fn used_secrets(mesh: &str, backend: &Backend) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    match backend.backend_type.as_str() {
+        "builtin" => {
+            used.insert(builtin_cert_secret_name(mesh, &backend.name));
+            used.insert(builtin_key_secret_name(mesh, &backend.name));
+        }
+        "provided" => {
+            if let Ok(conf) = backend.provided_conf() {
+                for source in [conf.cert, conf.key] {
+                    if let DataSource::Secret(name) = source {
+                        used.insert(name);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    used
+}
+
+/// The MeshSpec of a stored Mesh.
+fn mesh_spec(stored: &StoredResource) -> Result<MeshSpec, ManagerError> {
+    let stored_spec = |source| ManagerError::StoredSpec {
+        key: stored.key.clone(),
+        source,
+    };
+    match Spec::from_value(ResourceType::Mesh, stored.spec.clone()).map_err(stored_spec)? {
+        Spec::Mesh(mesh) => Ok(mesh),
+        other => Err(ManagerError::Validation({
+            let mut err = ValidationError::new();
+            err.add("type", format!("stored Mesh parsed as {}", other.kind()));
+            err
+        })),
+    }
+}
+
+/// The data of a stored Secret.
+fn secret_data(stored: &StoredResource) -> Result<Vec<u8>, ParseError> {
+    match Spec::from_value(ResourceType::Secret, stored.spec.clone())? {
+        Spec::Secret(secret) => Ok(secret.data),
+        // `from_value(Secret, ..)` only yields Secret specs; an empty secret is the safe reading.
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The stored form of a Secret holding `data`.
+fn secret_value(data: Vec<u8>) -> serde_json::Value {
+    Spec::Secret(SecretSpec { data }).to_value()
+}
+
+/// Describes a provided signing certificate (id, expiry) from its PEM.
+fn provided_certificate(key: &ResourceKey, pem: &[u8]) -> Result<ProvidedCertificate, ManagerError> {
+    let unreadable = || ManagerError::StoredCertificate { key: key.clone() };
+    let ders = ca::certs_from_pem(pem).map_err(|_| unreadable())?;
+    let der = ders.first().ok_or_else(unreadable)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| unreadable())?;
+    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .map_err(|_| unreadable())?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let id: String = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(PROVIDED_CERT_ID_LEN)
+        .collect();
+    Ok(ProvidedCertificate {
+        id,
+        cert_pem: String::from_utf8_lossy(pem).into_owned(),
+        not_after,
+    })
+}
+
+/// Go's wording of an OS error: `no such file or directory` rather than Rust's
+/// `No such file or directory (os error 2)`.
+fn go_io_text(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A short random pause before retrying a lost race, so racing writers spread out.
+async fn backoff() {
+    let millis = rand::random_range(1..=MAX_BACKOFF.as_millis() as u64);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}

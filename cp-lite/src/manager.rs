@@ -986,3 +986,765 @@ async fn backoff() {
     let millis = rand::random_range(1..=MAX_BACKOFF.as_millis() as u64);
     tokio::time::sleep(Duration::from_millis(millis)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+    use crate::resources::parse_documents;
+    use crate::store::{MemoryStore, Revisions, StoreType};
+
+    /// A store that records the keys of every commit, to prove what was written together.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inner: MemoryStore,
+        commits: Mutex<Vec<Vec<ResourceKey>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Recording {
+        async fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(
+            &self,
+            kind: ResourceType,
+            mesh: Option<&str>,
+        ) -> Result<Vec<StoredResource>, StoreError> {
+            self.inner.list(kind, mesh).await
+        }
+        async fn commit(&self, ops: Vec<WriteOp>) -> Result<Vec<StoredResource>, StoreError> {
+            let keys = ops.iter().map(|op| op.key().clone()).collect();
+            let result = self.inner.commit(ops).await;
+            if result.is_ok() {
+                self.commits.lock().unwrap().push(keys);
+            }
+            result
+        }
+        fn revisions(&self) -> tokio::sync::watch::Receiver<Revisions> {
+            self.inner.revisions()
+        }
+        fn store_type(&self) -> StoreType {
+            self.inner.store_type()
+        }
+    }
+
+    fn manager() -> ResourceManager {
+        ResourceManager::new(Arc::new(MemoryStore::new()))
+    }
+
+    fn resource(yaml: &str) -> Resource {
+        let mut docs = parse_documents(yaml).unwrap();
+        assert_eq!(docs.len(), 1);
+        docs.remove(0)
+    }
+
+    fn secret_key(mesh: &str, name: &str) -> ResourceKey {
+        ResourceKey::in_mesh(ResourceType::Secret, mesh, name)
+    }
+
+    /// Everything in the store, for before/after comparisons.
+    async fn snapshot(m: &ResourceManager) -> Vec<StoredResource> {
+        let mut all = Vec::new();
+        for kind in ResourceType::ALL {
+            all.extend(m.list(kind, None).await.unwrap());
+        }
+        all
+    }
+
+    fn violations(err: ManagerError) -> Vec<(String, String)> {
+        match err {
+            ManagerError::Validation(v) => v
+                .violations
+                .into_iter()
+                .map(|v| (v.field, v.message))
+                .collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn pair(field: &str, message: &str) -> (String, String) {
+        (field.to_string(), message.to_string())
+    }
+
+    const BUILTIN_MESH: &str = "
+type: Mesh
+name: demo
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+";
+
+    const DATAPLANE: &str = "
+type: Dataplane
+mesh: demo
+name: dp-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 8080
+    servicePort: 8081
+    tags:
+      kuma.io/service: web
+";
+
+    /// A self-signed root CA (keyCertSign, cRLSign) and its key, PEM.
+    fn root_ca(cn: &str) -> (String, String, CertificateParams, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem(), params, key)
+    }
+
+    /// An intermediate CA signed by a fresh root, and its key, PEM.
+    fn intermediate_ca() -> (String, String) {
+        let (_, _, root_params, root_key) = root_ca("root");
+        let issuer = Issuer::new(root_params, root_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn provided_mesh(cert_source: &str, key_source: &str, skip: bool) -> Resource {
+        resource(&format!(
+            "
+type: Mesh
+name: demo
+mtls:
+  enabledBackend: ca-1
+  skipValidation: {skip}
+  backends:
+  - name: ca-1
+    type: provided
+    conf:
+      cert: {cert_source}
+      key: {key_source}
+"
+        ))
+    }
+
+    async fn put_secret(m: &ResourceManager, mesh: &str, name: &str, data: &[u8]) {
+        let key = secret_key(mesh, name);
+        m.apply(Resource {
+            key,
+            spec: Spec::Secret(SecretSpec {
+                data: data.to_vec(),
+            }),
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn mesh_and_its_builtin_ca_are_created_in_one_commit() {
+        let store = Arc::new(Recording::default());
+        let m = ResourceManager::new(store.clone());
+        assert_eq!(
+            m.apply(resource(BUILTIN_MESH)).await.unwrap(),
+            ApplyOutcome::Created
+        );
+        let commits = store.commits.lock().unwrap().clone();
+        assert_eq!(
+            commits,
+            vec![vec![
+                ResourceKey::mesh("demo"),
+                secret_key("demo", "demo.ca-builtin-cert-ca-1"),
+                secret_key("demo", "demo.ca-builtin-key-ca-1"),
+            ]]
+        );
+        let cert = m
+            .get(&secret_key("demo", "demo.ca-builtin-cert-ca-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let pem = secret_data(&cert).unwrap();
+        let ders = ca::certs_from_pem(&pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&ders[0]).unwrap();
+        assert_eq!(parsed.subject().to_string(), "O=Kuma, OU=Mesh, CN=demo");
+        let key = m
+            .get(&secret_key("demo", "demo.ca-builtin-key-ca-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8(secret_data(&key).unwrap())
+                .unwrap()
+                .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+        );
+    }
+
+    #[tokio::test]
+    async fn reapplying_a_mesh_keeps_its_ca_and_skips_identical_writes() {
+        let m = manager();
+        m.apply(resource(BUILTIN_MESH)).await.unwrap();
+        let before = snapshot(&m).await;
+        assert_eq!(
+            m.apply(resource(BUILTIN_MESH)).await.unwrap(),
+            ApplyOutcome::Updated
+        );
+        assert_eq!(snapshot(&m).await, before);
+
+        // A real change updates the mesh but never touches the CA.
+        let disabled = BUILTIN_MESH.replace("  enabledBackend: ca-1\n", "");
+        assert_eq!(
+            m.apply(resource(&disabled)).await.unwrap(),
+            ApplyOutcome::Updated
+        );
+        let after = snapshot(&m).await;
+        let secrets = |all: &[StoredResource]| {
+            all.iter()
+                .filter(|r| r.key.kind == ResourceType::Secret)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(secrets(&after), secrets(&before));
+        let mesh = m.get(&ResourceKey::mesh("demo")).await.unwrap().unwrap();
+        assert_eq!(mesh.version, 2);
+    }
+
+    #[tokio::test]
+    async fn disabled_builtin_backends_get_a_ca_too() {
+        let m = manager();
+        let disabled = BUILTIN_MESH.replace("  enabledBackend: ca-1\n", "");
+        m.apply(resource(&disabled)).await.unwrap();
+        for name in ["demo.ca-builtin-cert-ca-1", "demo.ca-builtin-key-ca-1"] {
+            assert!(m.get(&secret_key("demo", name)).await.unwrap().is_some());
+        }
+        // Renaming the (disabled) backend adds a CA for the new name and keeps the old one.
+        m.apply(resource(&disabled.replace("ca-1", "ca-2")))
+            .await
+            .unwrap();
+        let names: Vec<String> = m
+            .list(ResourceType::Secret, Some("demo"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "demo.ca-builtin-cert-ca-1",
+                "demo.ca-builtin-cert-ca-2",
+                "demo.ca-builtin-key-ca-1",
+                "demo.ca-builtin-key-ca-2",
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_applies_of_a_new_mesh_create_one_ca() {
+        let m = manager();
+        let applies: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.apply(resource(BUILTIN_MESH)).await })
+            })
+            .collect();
+        let mut created = 0;
+        for apply in applies {
+            if apply.await.unwrap().unwrap() == ApplyOutcome::Created {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+        let secrets = m.list(ResourceType::Secret, Some("demo")).await.unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert!(secrets.iter().all(|s| s.version == 1));
+    }
+
+    #[tokio::test]
+    async fn a_half_present_builtin_ca_is_not_overwritten() {
+        let m = manager();
+        let disabled = BUILTIN_MESH.replace("  enabledBackend: ca-1\n", "");
+        m.apply(resource(&disabled)).await.unwrap();
+        put_secret(&m, "demo", "demo.ca-builtin-cert-ca-2", b"mine").await;
+        let before = snapshot(&m).await;
+        let err = m
+            .apply(resource(&disabled.replace("ca-1", "ca-2")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failed to create CA for mesh \"demo\" and backend \"ca-2\": resource already exists: type=\"Secret\" name=\"demo.ca-builtin-cert-ca-2\" mesh=\"demo\""
+        );
+        assert_eq!(snapshot(&m).await, before);
+    }
+
+    #[tokio::test]
+    async fn scoped_resources_need_their_mesh() {
+        let m = manager();
+        let err = m.apply(resource(DATAPLANE)).await.unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair("mesh", "mesh \"demo\" does not exist")]
+        );
+        assert!(snapshot(&m).await.is_empty());
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        assert_eq!(
+            m.apply(resource(DATAPLANE)).await.unwrap(),
+            ApplyOutcome::Created
+        );
+    }
+
+    #[tokio::test]
+    async fn changing_the_ca_while_mtls_is_enabled_is_refused() {
+        let m = manager();
+        m.apply(resource(BUILTIN_MESH)).await.unwrap();
+        let before = snapshot(&m).await;
+        let err = m
+            .apply(resource(&BUILTIN_MESH.replace("ca-1", "ca-2")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair(
+                "mtls.enabledBackend",
+                "Changing CA when mTLS is enabled is forbidden. Disable mTLS first and then change the CA"
+            )]
+        );
+        assert_eq!(snapshot(&m).await, before);
+    }
+
+    #[tokio::test]
+    async fn mesh_names_longer_than_63_characters_are_refused() {
+        let m = manager();
+        let name = "a".repeat(64);
+        let err = m
+            .apply(resource(&format!("type: Mesh\nname: {name}\n")))
+            .await
+            .unwrap_err();
+        assert!(
+            violations(err).contains(&pair("name", "cannot be longer than 63 characters")),
+        );
+    }
+
+    #[tokio::test]
+    async fn builtin_backend_names_must_make_dns_secret_names() {
+        assert!(is_dns_name("demo.ca-builtin-cert-ca-1"));
+        assert!(is_dns_name("a_b.c."));
+        assert!(!is_dns_name("demo.ca-builtin-cert-ca 1"));
+        assert!(!is_dns_name("demo..x"));
+        assert!(!is_dns_name("127.0.0.1"));
+        assert!(!is_dns_name(&format!("{}.x", "a".repeat(64))));
+    }
+
+    #[tokio::test]
+    async fn unknown_backend_types_are_refused() {
+        let m = manager();
+        let err = m
+            .apply(resource(&BUILTIN_MESH.replace("type: builtin", "type: vault")))
+            .await
+            .unwrap_err();
+        assert!(violations(err).contains(&pair(
+            "mtls.backends[0].type",
+            "could not find installed plugin for this type"
+        )));
+        assert!(snapshot(&m).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn provided_ca_sources_must_load() {
+        let m = manager();
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let before = snapshot(&m).await;
+        let err = m
+            .apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
+            .await
+            .unwrap_err();
+        let text = "could not load data: resource not found: type=\"Secret\" name=\"ca-cert\" mesh=\"demo\"";
+        assert_eq!(
+            violations(err),
+            [
+                pair("mtls.backends[0].conf.cert", text),
+                pair("mtls.backends[0].conf.key", text)
+            ]
+        );
+        assert_eq!(snapshot(&m).await, before);
+
+        let err = m
+            .apply(provided_mesh(
+                "{file: /nonexistent/ca.pem}",
+                "{file: /nonexistent/ca.key}",
+                false,
+            ))
+            .await
+            .unwrap_err();
+        let text = "could not load data: open /nonexistent/ca.pem: no such file or directory";
+        assert_eq!(
+            violations(err),
+            [
+                pair("mtls.backends[0].conf.cert", text),
+                pair("mtls.backends[0].conf.key", text)
+            ]
+        );
+
+        // skipValidation stores the mesh without loading anything.
+        m.apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", true))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn provided_ca_material_is_validated_and_accepted() {
+        let m = manager();
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let (cert, key, _, _) = root_ca("provided");
+        put_secret(&m, "demo", "ca-cert", cert.as_bytes()).await;
+        put_secret(&m, "demo", "ca-key", key.as_bytes()).await;
+        assert_eq!(
+            m.apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
+                .await
+                .unwrap(),
+            ApplyOutcome::Updated
+        );
+
+        // The same material from files and inline strings.
+        let dir = tempfile::tempdir().unwrap();
+        let cert_file = dir.path().join("ca.pem");
+        std::fs::write(&cert_file, &cert).unwrap();
+        let inline_key = serde_json::to_string(&key).unwrap();
+        m.apply(provided_mesh(
+            &format!("{{file: {}}}", cert_file.display()),
+            &format!("{{inlineString: {inline_key}}}"),
+            false,
+        ))
+        .await
+        .unwrap();
+
+        // A key that belongs to another certificate.
+        let (_, other_key, _, _) = root_ca("other");
+        let err = m
+            .apply(provided_mesh(
+                "{secret: ca-cert}",
+                &format!("{{inlineString: {}}}", serde_json::to_string(&other_key).unwrap()),
+                false,
+            ))
+            .await
+            .unwrap_err();
+        let found = violations(err);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "mtls.backends[0].conf.cert");
+        assert!(found[0].1.starts_with("not a valid TLS key pair: "), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn mesh_with_dataplanes_cannot_be_deleted() {
+        let m = manager();
+        m.apply(resource(BUILTIN_MESH)).await.unwrap();
+        m.apply(resource(DATAPLANE)).await.unwrap();
+        let before = snapshot(&m).await;
+        let err = m.delete(&ResourceKey::mesh("demo")).await.unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair(
+                "mesh",
+                "unable to delete mesh, there are still some dataplanes attached"
+            )]
+        );
+        assert_eq!(snapshot(&m).await, before);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_mesh_deletes_what_it_owns_in_one_commit() {
+        let store = Arc::new(Recording::default());
+        let m = ResourceManager::new(store.clone());
+        m.apply(resource(BUILTIN_MESH)).await.unwrap();
+        m.apply(resource("type: Mesh\nname: other\n")).await.unwrap();
+        m.apply(resource(
+            "
+type: TrafficPermission
+mesh: demo
+name: allow-all
+sources:
+- match:
+    kuma.io/service: '*'
+destinations:
+- match:
+    kuma.io/service: '*'
+",
+        ))
+        .await
+        .unwrap();
+        put_secret(&m, "other", "keep-me", b"x").await;
+        let commits_before = store.commits.lock().unwrap().len();
+        m.delete(&ResourceKey::mesh("demo")).await.unwrap();
+        assert_eq!(store.commits.lock().unwrap().len(), commits_before + 1);
+        let left: Vec<ResourceKey> = snapshot(&m).await.into_iter().map(|r| r.key).collect();
+        assert_eq!(
+            left,
+            [ResourceKey::mesh("other"), secret_key("other", "keep-me")]
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_in_use_by_a_backend_cannot_be_deleted() {
+        let m = manager();
+        m.apply(resource(BUILTIN_MESH)).await.unwrap();
+        let err = m
+            .delete(&secret_key("demo", "demo.ca-builtin-key-ca-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair(
+                "name",
+                "The secret \"demo.ca-builtin-key-ca-1\" that you are trying to remove is currently in use in Mesh \"demo\" in mTLS backend \"ca-1\". Please remove the reference from the \"ca-1\" backend before removing the secret."
+            )]
+        );
+
+        // Provided sources are guarded too; unrelated secrets are not.
+        let (cert, key, _, _) = root_ca("provided");
+        put_secret(&m, "demo", "ca-cert", cert.as_bytes()).await;
+        put_secret(&m, "demo", "ca-key", key.as_bytes()).await;
+        put_secret(&m, "demo", "unused", b"x").await;
+        // mTLS must be disabled before the CA changes.
+        m.apply(resource(&BUILTIN_MESH.replace("  enabledBackend: ca-1\n", "")))
+            .await
+            .unwrap();
+        m.apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
+            .await
+            .unwrap();
+        let err = m.delete(&secret_key("demo", "ca-cert")).await.unwrap_err();
+        assert!(violations(err)[0].1.starts_with(
+            "The secret \"ca-cert\" that you are trying to remove is currently in use in Mesh \"demo\""
+        ));
+        m.delete(&secret_key("demo", "unused")).await.unwrap();
+        assert!(matches!(
+            m.delete(&secret_key("demo", "unused")).await,
+            Err(ManagerError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_dataplane_deletes_its_insight() {
+        let m = manager();
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        m.apply(resource(DATAPLANE)).await.unwrap();
+        let insight = ResourceKey::in_mesh(ResourceType::DataplaneInsight, "demo", "dp-1");
+        m.store()
+            .commit(vec![WriteOp::Create {
+                key: insight.clone(),
+                spec: serde_json::json!({}),
+            }])
+            .await
+            .unwrap();
+        m.delete(&ResourceKey::in_mesh(ResourceType::Dataplane, "demo", "dp-1"))
+            .await
+            .unwrap();
+        assert!(m.get(&insight).await.unwrap().is_none());
+    }
+
+    fn token_request(mesh: &str) -> TokenRequest {
+        serde_json::from_value(serde_json::json!({
+            "name": "dp-1", "mesh": mesh, "tags": {"kuma.io/service": ["web"]}, "validFor": "24h"
+        }))
+        .unwrap()
+    }
+
+    /// The `kid` header of a JWT.
+    fn kid(token: &Token) -> String {
+        use base64::Engine as _;
+        let header = token.as_str().split('.').next().unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        header["kid"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn tokens_need_an_existing_mesh() {
+        let m = manager();
+        let err = m
+            .issue_dataplane_token(token_request("nope"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "there is no signing key with KID 1. Secret of name \"dataplane-token-signing-key-nope-1\" in mesh \"nope\" is not found. If signing key was rotated, regenerate the token"
+        );
+        assert!(matches!(err, ManagerError::SigningKeyNotFound(_)));
+        assert!(snapshot(&m).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_signing_key_is_created_once_and_the_newest_is_used() {
+        let m = manager();
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let issues: Vec<_> = (0..6)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.issue_dataplane_token(token_request("demo")).await })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for issue in issues {
+            tokens.push(issue.await.unwrap().unwrap());
+        }
+        let secrets = m.list(ResourceType::Secret, Some("demo")).await.unwrap();
+        let names: Vec<&str> = secrets.iter().map(|s| s.key.name.as_str()).collect();
+        assert_eq!(names, ["dataplane-token-signing-key-demo-1"]);
+        assert!(tokens.iter().all(|t| kid(t) == "1"));
+
+        // Every token verifies with the stored key.
+        let key = SigningKey::from_pem(&secret_data(&secrets[0]).unwrap()).unwrap();
+        let verification = key.verification_key();
+        for token in &tokens {
+            let verified = tokens::verify(
+                token.as_str(),
+                "demo",
+                &|kid| (kid == 1).then(|| verification.clone()),
+                &tokens::RevocationList::empty(),
+                OffsetDateTime::now_utc(),
+                true,
+            )
+            .unwrap();
+            assert_eq!(verified.claims.name, "dp-1");
+        }
+
+        // A rotated key (serial 2) signs the next tokens.
+        let rotated = SigningKey::generate().unwrap();
+        put_secret(
+            &m,
+            "demo",
+            "dataplane-token-signing-key-demo-2",
+            rotated.to_pem().as_bytes(),
+        )
+        .await;
+        let token = m.issue_dataplane_token(token_request("demo")).await.unwrap();
+        assert_eq!(kid(&token), "2");
+    }
+
+    #[tokio::test]
+    async fn token_requests_are_validated() {
+        let m = manager();
+        let request: TokenRequest =
+            serde_json::from_value(serde_json::json!({"name": "dp-1"})).unwrap();
+        let err = m.issue_dataplane_token(request).await.unwrap_err();
+        assert_eq!(violations(err), [pair("mesh", "cannot be empty")]);
+    }
+
+    #[tokio::test]
+    async fn provided_certificates_are_added_listed_and_deleted() {
+        let m = manager();
+        assert!(matches!(
+            m.list_provided_certificates("demo").await,
+            Err(ManagerError::NotFound(_))
+        ));
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+
+        let (cert, key, _, _) = root_ca("provided");
+        let added = m
+            .add_provided_certificate("demo", &cert, &key)
+            .await
+            .unwrap();
+        let der = &ca::certs_from_pem(cert.as_bytes()).unwrap()[0];
+        let fingerprint: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(added.id, fingerprint[..16]);
+        assert_eq!(added.cert_pem, cert);
+        let (_, parsed) = x509_parser::parse_x509_certificate(der).unwrap();
+        assert_eq!(
+            added.not_after.unix_timestamp(),
+            parsed.validity().not_after.timestamp()
+        );
+        assert_eq!(
+            m.list_provided_certificates("demo").await.unwrap(),
+            [added.clone()]
+        );
+        for name in ["demo.ca-provided-cert-1", "demo.ca-provided-key-1"] {
+            assert!(m.get(&secret_key("demo", name)).await.unwrap().is_some());
+        }
+
+        // One signing certificate per mesh.
+        let (other_cert, other_key, _, _) = root_ca("other");
+        let err = m
+            .add_provided_certificate("demo", &other_cert, &other_key)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot add more than 1 signing certificate to provided CA"
+        );
+
+        // In use by the enabled backend (legacy schema, normalized to these secrets).
+        m.apply(resource(
+            "type: Mesh\nname: demo\nmtls:\n  enabled: true\n  ca:\n    provided: {}\n",
+        ))
+        .await
+        .unwrap();
+        let err = m
+            .delete_provided_certificate("demo", &added.id)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair(
+                "name",
+                "The secret \"demo.ca-provided-cert-1\" that you are trying to remove is currently in use in Mesh \"demo\" in mTLS backend \"provided\". Please remove the reference from the \"provided\" backend before removing the secret."
+            )]
+        );
+
+        // Off again, the certificate can go; an unknown id is reported.
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let err = m
+            .delete_provided_certificate("demo", "0000000000000000")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ManagerError::ProvidedCertificateNotFound { .. }));
+        m.delete_provided_certificate("demo", &added.id)
+            .await
+            .unwrap();
+        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+        assert!(
+            m.list(ResourceType::Secret, Some("demo"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn provided_certificates_must_be_roots() {
+        let m = manager();
+        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let (cert, key) = intermediate_ca();
+        let err = m
+            .add_provided_certificate("demo", &cert, &key)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violations(err),
+            [pair(
+                "cert",
+                "certificate must be self-signed (intermediate CAs are not allowed)"
+            )]
+        );
+        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn io_errors_read_like_go() {
+        let err = std::io::Error::from_raw_os_error(2);
+        assert_eq!(go_io_text(&err), "no such file or directory");
+    }
+}

@@ -27,6 +27,9 @@ mod problem;
 mod provided_ca;
 mod tokens;
 
+#[cfg(test)]
+mod tests;
+
 /// The Kuma release whose API this server follows.
 const BASED_ON_KUMA: &str = "2.14.3";
 

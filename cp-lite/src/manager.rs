@@ -6,9 +6,7 @@
 //! read. A commit that loses a race (`AlreadyExists`, `Conflict`, `NotFound`) is retried from the
 //! read, so two control planes sharing a store never create two CAs or two signing keys.
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +17,8 @@ use tracing::{debug, info};
 use crate::ca;
 use crate::resources::{
     Backend, DataSource, MeshSpec, ParseError, Resource, ResourceKey, ResourceType, SecretSpec,
-    Spec, ValidationError, builtin_cert_secret_name, builtin_key_secret_name, validate_mesh_update,
+    Spec, ValidationError, builtin_cert_secret_name, builtin_key_secret_name,
+    legacy_provided_cert_secret_name, legacy_provided_key_secret_name, validate_mesh_update,
 };
 use crate::store::{Store, StoreError, StoredResource, WriteOp};
 use crate::tokens::{self, SigningKey, Token, TokenRequest};
@@ -29,26 +28,10 @@ const MAX_ATTEMPTS: u32 = 16;
 /// Upper bound of the jittered pause between attempts; small, because a lost race is resolved
 /// by re-reading, not by waiting.
 const MAX_BACKOFF: Duration = Duration::from_millis(40);
-/// Kuma's manager-level limit on Mesh names.
-const MESH_NAME_MAX_LEN: usize = 63;
-/// Kuma's limit on the builtin CA secret names (`Backend name is too long`).
-const CA_SECRET_NAME_MAX_LEN: usize = 255;
-/// The serial of the only signing certificate a mesh's legacy provided CA holds.
-const PROVIDED_CERT_SERIAL: u32 = 1;
 /// Length of a provided certificate id: a hex prefix of its SHA-256 fingerprint.
 const PROVIDED_CERT_ID_LEN: usize = 16;
 /// The serial of a mesh's first signing key (Kuma's `DefaultKeyID`).
 const FIRST_SIGNING_KEY_SERIAL: u32 = 1;
-
-/// Secret holding the legacy provided CA certificate of `mesh`.
-pub fn provided_cert_secret_name(mesh: &str) -> String {
-    format!("{mesh}.ca-provided-cert-{PROVIDED_CERT_SERIAL}")
-}
-
-/// Secret holding the legacy provided CA key of `mesh`.
-pub fn provided_key_secret_name(mesh: &str) -> String {
-    format!("{mesh}.ca-provided-key-{PROVIDED_CERT_SERIAL}")
-}
 
 /// The handle every server uses to read and write resources. Cheap to clone.
 #[derive(Clone)]
@@ -344,7 +327,9 @@ impl ResourceManager {
         }
     }
 
-    /// Kuma's manager rules for a Mesh: name length (create), CA change (update), backends.
+    /// Kuma's manager rules for a Mesh that need the store: the CA change rule (update) and
+    /// the provided CA material (nested under `mtls.backends[i].conf`). Everything static
+    /// (backend types, builtin names, conf shapes) was checked by `Spec::validate`.
     async fn validate_mesh(
         &self,
         name: &str,
@@ -352,51 +337,21 @@ impl ResourceManager {
         old: Option<&MeshSpec>,
     ) -> Result<(), ManagerError> {
         let mut err = ValidationError::new();
-        match old {
-            None if name.len() > MESH_NAME_MAX_LEN => {
-                err.add("name", "cannot be longer than 63 characters");
-            }
-            None => {}
-            Some(old) => {
-                if let Err(update) = validate_mesh_update(old, new) {
-                    err.violations.extend(update.violations);
+        if let Some(old) = old
+            && let Err(update) = validate_mesh_update(old, new)
+        {
+            err.extend(update);
+        }
+        let skip_validation = new.mtls.as_ref().is_some_and(|m| m.skip_validation);
+        if !skip_validation {
+            for (i, backend) in new.backends().iter().enumerate() {
+                if backend.is_provided() {
+                    let found = self.validate_provided_backend(name, backend).await?;
+                    err.add_nested(&format!("mtls.backends[{i}].conf"), found);
                 }
             }
         }
-        err.violations
-            .extend(self.validate_backends(name, new).await?.violations);
         err.into_result().map_err(ManagerError::Validation)
-    }
-
-    /// The CA plugins' `ValidateBackend`, nested under `mtls.backends[i].conf`.
-    async fn validate_backends(
-        &self,
-        mesh: &str,
-        spec: &MeshSpec,
-    ) -> Result<ValidationError, ManagerError> {
-        let mut err = ValidationError::new();
-        let skip_validation = spec.mtls.as_ref().is_some_and(|m| m.skip_validation);
-        for (i, backend) in spec.backends().iter().enumerate() {
-            let conf_path = format!("mtls.backends[{i}].conf");
-            match backend.backend_type.as_str() {
-                // Builtin names are always checked, skipValidation or not: they become secret
-                // names.
-                "builtin" => err.add_nested(&conf_path, validate_builtin_backend(mesh, backend)),
-                "provided" if skip_validation => {}
-                "provided" => {
-                    let found = self.validate_provided_backend(mesh, backend).await?;
-                    err.add_nested(&conf_path, found);
-                }
-                _ => {
-                    err.add(
-                        format!("mtls.backends[{i}].type"),
-                        "could not find installed plugin for this type",
-                    );
-                    break;
-                }
-            }
-        }
-        Ok(err)
     }
 
     /// Kuma's provided plugin `ValidateBackend` (KUMA-FACTS 5), fields relative to `conf`.
@@ -604,8 +559,8 @@ impl ResourceManager {
         };
         let spec = mesh_spec(&stored)?;
         for backend in spec.backends() {
-            let used = used_secrets(mesh, backend);
-            if let Some(name) = names.iter().find(|n| used.contains(**n)) {
+            let used = backend.used_secrets(mesh);
+            if let Some(name) = names.iter().find(|n| used.iter().any(|u| u == **n)) {
                 let b = &backend.name;
                 let mut err = ValidationError::new();
                 err.add(
@@ -716,10 +671,10 @@ impl ResourceManager {
         let cert_key = ResourceKey::in_mesh(
             ResourceType::Secret,
             mesh,
-            provided_cert_secret_name(mesh),
+            legacy_provided_cert_secret_name(mesh),
         );
         let key_key =
-            ResourceKey::in_mesh(ResourceType::Secret, mesh, provided_key_secret_name(mesh));
+            ResourceKey::in_mesh(ResourceType::Secret, mesh, legacy_provided_key_secret_name(mesh));
         let certificate = provided_certificate(&cert_key, cert_pem.as_bytes())?;
         let exists = || ManagerError::ProvidedCertificateExists {
             mesh: mesh.to_string(),
@@ -757,7 +712,7 @@ impl ResourceManager {
         let cert_key = ResourceKey::in_mesh(
             ResourceType::Secret,
             mesh,
-            provided_cert_secret_name(mesh),
+            legacy_provided_cert_secret_name(mesh),
         );
         let Some(stored) = self.store.get(&cert_key).await? else {
             return Ok(Vec::new());
@@ -788,8 +743,8 @@ impl ResourceManager {
             if !current.iter().any(|c| c.id == id) {
                 return Err(not_found());
             }
-            let cert_name = provided_cert_secret_name(mesh);
-            let key_name = provided_key_secret_name(mesh);
+            let cert_name = legacy_provided_cert_secret_name(mesh);
+            let key_name = legacy_provided_key_secret_name(mesh);
             self.guard_secrets_in_use(mesh, &[&cert_name, &key_name])
                 .await?;
             let mut ops = Vec::new();
@@ -813,7 +768,7 @@ impl ResourceManager {
         Err(ManagerError::Conflict(ResourceKey::in_mesh(
             ResourceType::Secret,
             mesh,
-            provided_cert_secret_name(mesh),
+            legacy_provided_cert_secret_name(mesh),
         )))
     }
 
@@ -844,72 +799,6 @@ fn signing_key_not_found(mesh: &str) -> ManagerError {
     ManagerError::SigningKeyNotFound(format!(
         "there is no signing key with KID {kid}. Secret of name {name:?} in mesh {mesh:?} is not found. If signing key was rotated, regenerate the token"
     ))
-}
-
-/// Kuma's builtin plugin `ValidateBackend`: the CA secret name must be a lower-case DNS name
-/// of at most 255 characters. Fields as Kuma writes them (relative to `conf`).
-fn validate_builtin_backend(mesh: &str, backend: &Backend) -> ValidationError {
-    if let Err(err) = backend.builtin_conf() {
-        return err;
-    }
-    let mut err = ValidationError::new();
-    let secret = builtin_cert_secret_name(mesh, &backend.name);
-    if secret.len() > CA_SECRET_NAME_MAX_LEN {
-        err.add(
-            "mtls.backends.name",
-            format!("Backend name is too long. Max length: {CA_SECRET_NAME_MAX_LEN}"),
-        );
-    }
-    if !is_dns_name(&secret) || secret.chars().any(|c| c.is_uppercase()) {
-        err.add(
-            "mtls.backends.name",
-            format!("{:?} name must be valid dns name", backend.name),
-        );
-    }
-    err
-}
-
-/// govalidator's `IsDNSName`: labels of `[a-zA-Z0-9_][a-zA-Z0-9_-]{0,62}` joined by dots, an
-/// optional trailing `.` or `_`, at most 255 characters without the dots, and not an IP.
-fn is_dns_name(name: &str) -> bool {
-    if name.is_empty() || name.replace('.', "").len() > 255 || name.parse::<IpAddr>().is_ok() {
-        return false;
-    }
-    let labels_ok = |s: &str| {
-        s.split('.').all(|label| {
-            let mut chars = label.chars();
-            label.len() <= 63
-                && chars
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
-    };
-    labels_ok(name)
-        || name.strip_suffix('.').is_some_and(labels_ok)
-        || name.strip_suffix('_').is_some_and(labels_ok)
-}
-
-/// The secrets a backend of `mesh` uses: the builtin CA pair, or the provided `secret` sources.
-fn used_secrets(mesh: &str, backend: &Backend) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    match backend.backend_type.as_str() {
-        "builtin" => {
-            used.insert(builtin_cert_secret_name(mesh, &backend.name));
-            used.insert(builtin_key_secret_name(mesh, &backend.name));
-        }
-        "provided" => {
-            if let Ok(conf) = backend.provided_conf() {
-                for source in [conf.cert, conf.key] {
-                    if let DataSource::Secret(name) = source {
-                        used.insert(name);
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    used
 }
 
 /// The MeshSpec of a stored Mesh.
@@ -1331,16 +1220,6 @@ mtls:
         assert!(
             violations(err).contains(&pair("name", "cannot be longer than 63 characters")),
         );
-    }
-
-    #[tokio::test]
-    async fn builtin_backend_names_must_make_dns_secret_names() {
-        assert!(is_dns_name("demo.ca-builtin-cert-ca-1"));
-        assert!(is_dns_name("a_b.c."));
-        assert!(!is_dns_name("demo.ca-builtin-cert-ca 1"));
-        assert!(!is_dns_name("demo..x"));
-        assert!(!is_dns_name("127.0.0.1"));
-        assert!(!is_dns_name(&format!("{}.x", "a".repeat(64))));
     }
 
     #[tokio::test]

@@ -463,11 +463,12 @@ async fn writes_from_a_foreign_host_name_are_denied() {
 async fn shutdown_stops_the_server() {
     let server = Server::api().await;
     assert_eq!(server.get("/").await.0, StatusCode::OK);
+    let url = server.url("/");
     server.shutdown.cancel();
     tokio::time::timeout(std::time::Duration::from_secs(10), server.task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(server.client.get(server.url("/")).send().await.is_err());
+    assert!(server.client.get(url).send().await.is_err());
 }

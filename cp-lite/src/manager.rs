@@ -598,7 +598,15 @@ impl ResourceManager {
         let (claims, valid_for) = request.validate()?;
         let (serial, key) = self.signing_key(&claims.mesh).await?;
         let now = OffsetDateTime::now_utc();
-        tokens::issue(&key, serial, &claims, valid_for, now).map_err(ManagerError::Token)
+        tokens::issue(&key, serial, &claims, valid_for, now).map_err(|err| match err {
+            // A validity past the representable dates is the caller's mistake.
+            tokens::TokenError::ValidityTooLong => {
+                let mut invalid = ValidationError::new();
+                invalid.add("validFor", err.to_string());
+                ManagerError::Validation(invalid)
+            }
+            err => ManagerError::Token(err),
+        })
     }
 
     /// The newest signing key of `mesh` and its serial; creates serial 1 on first use.
@@ -792,13 +800,11 @@ impl ResourceManager {
     }
 }
 
-/// Kuma's SigningKeyNotFound text for the default key of `mesh`.
+/// Kuma's SigningKeyNotFound error for the default key of `mesh`.
 fn signing_key_not_found(mesh: &str) -> ManagerError {
-    let kid = FIRST_SIGNING_KEY_SERIAL;
-    let name = tokens::signing_key_secret_name(mesh, kid);
-    ManagerError::SigningKeyNotFound(format!(
-        "there is no signing key with KID {kid}. Secret of name {name:?} in mesh {mesh:?} is not found. If signing key was rotated, regenerate the token"
-    ))
+    ManagerError::SigningKeyNotFound(
+        tokens::TokenError::signing_key_not_found(mesh, FIRST_SIGNING_KEY_SERIAL).to_string(),
+    )
 }
 
 /// The MeshSpec of a stored Mesh.

@@ -136,7 +136,7 @@ pub enum ManagerError {
         key: ResourceKey,
         /// Why.
         #[source]
-        source: ParseError,
+        source: Box<ParseError>,
     },
     /// A blocking task (key generation) panicked or was cancelled.
     #[error("a key generation task failed")]
@@ -181,7 +181,7 @@ pub enum DataSourceError {
         key: ResourceKey,
         /// Why.
         #[source]
-        source: ParseError,
+        source: Box<ParseError>,
     },
     /// The store failed.
     #[error("the store failed")]
@@ -681,14 +681,16 @@ impl ResourceManager {
             mesh,
             legacy_provided_cert_secret_name(mesh),
         );
-        let key_key =
-            ResourceKey::in_mesh(ResourceType::Secret, mesh, legacy_provided_key_secret_name(mesh));
+        let key_key = ResourceKey::in_mesh(
+            ResourceType::Secret,
+            mesh,
+            legacy_provided_key_secret_name(mesh),
+        );
         let certificate = provided_certificate(&cert_key, cert_pem.as_bytes())?;
         let exists = || ManagerError::ProvidedCertificateExists {
             mesh: mesh.to_string(),
         };
-        if self.store.get(&cert_key).await?.is_some() || self.store.get(&key_key).await?.is_some()
-        {
+        if self.store.get(&cert_key).await?.is_some() || self.store.get(&key_key).await?.is_some() {
             return Err(exists());
         }
         let ops = vec![
@@ -811,7 +813,7 @@ fn signing_key_not_found(mesh: &str) -> ManagerError {
 fn mesh_spec(stored: &StoredResource) -> Result<MeshSpec, ManagerError> {
     let stored_spec = |source| ManagerError::StoredSpec {
         key: stored.key.clone(),
-        source,
+        source: Box::new(source),
     };
     match Spec::from_value(ResourceType::Mesh, stored.spec.clone()).map_err(stored_spec)? {
         Spec::Mesh(mesh) => Ok(mesh),
@@ -824,8 +826,8 @@ fn mesh_spec(stored: &StoredResource) -> Result<MeshSpec, ManagerError> {
 }
 
 /// The data of a stored Secret.
-fn secret_data(stored: &StoredResource) -> Result<Vec<u8>, ParseError> {
-    match Spec::from_value(ResourceType::Secret, stored.spec.clone())? {
+fn secret_data(stored: &StoredResource) -> Result<Vec<u8>, Box<ParseError>> {
+    match Spec::from_value(ResourceType::Secret, stored.spec.clone()).map_err(Box::new)? {
         Spec::Secret(secret) => Ok(secret.data),
         // `from_value(Secret, ..)` only yields Secret specs; an empty secret is the safe reading.
         _ => Ok(Vec::new()),
@@ -838,7 +840,10 @@ fn secret_value(data: Vec<u8>) -> serde_json::Value {
 }
 
 /// Describes a provided signing certificate (id, expiry) from its PEM.
-fn provided_certificate(key: &ResourceKey, pem: &[u8]) -> Result<ProvidedCertificate, ManagerError> {
+fn provided_certificate(
+    key: &ResourceKey,
+    pem: &[u8],
+) -> Result<ProvidedCertificate, ManagerError> {
     let unreadable = || ManagerError::StoredCertificate { key: key.clone() };
     let ders = ca::certs_from_pem(pem).map_err(|_| unreadable())?;
     let der = ders.first().ok_or_else(unreadable)?;
@@ -929,6 +934,60 @@ mod tests {
         }
     }
 
+    /// A store whose first `racers` commits wait for each other, so that many writers have all
+    /// read before any writes: the race the manager must resolve. Counts lost races.
+    #[derive(Debug)]
+    struct Racing {
+        inner: MemoryStore,
+        racers: usize,
+        barrier: tokio::sync::Barrier,
+        commits: std::sync::atomic::AtomicUsize,
+        lost: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Racing {
+        fn new(racers: usize) -> Self {
+            Racing {
+                inner: MemoryStore::new(),
+                racers,
+                barrier: tokio::sync::Barrier::new(racers),
+                commits: Default::default(),
+                lost: Default::default(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Racing {
+        async fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(
+            &self,
+            kind: ResourceType,
+            mesh: Option<&str>,
+        ) -> Result<Vec<StoredResource>, StoreError> {
+            self.inner.list(kind, mesh).await
+        }
+        async fn commit(&self, ops: Vec<WriteOp>) -> Result<Vec<StoredResource>, StoreError> {
+            use std::sync::atomic::Ordering;
+            if self.commits.fetch_add(1, Ordering::SeqCst) < self.racers {
+                self.barrier.wait().await;
+            }
+            let result = self.inner.commit(ops).await;
+            if result.as_ref().is_err_and(lost_race) {
+                self.lost.fetch_add(1, Ordering::SeqCst);
+            }
+            result
+        }
+        fn revisions(&self) -> tokio::sync::watch::Receiver<Revisions> {
+            self.inner.revisions()
+        }
+        fn store_type(&self) -> StoreType {
+            self.inner.store_type()
+        }
+    }
+
     fn manager() -> ResourceManager {
         ResourceManager::new(Arc::new(MemoryStore::new()))
     }
@@ -1007,7 +1066,9 @@ networking:
         let issuer = Issuer::new(root_params, root_key);
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "intermediate");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "intermediate");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.signed_by(&key, &issuer).unwrap();
@@ -1143,7 +1204,8 @@ mtls:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_applies_of_a_new_mesh_create_one_ca() {
-        let m = manager();
+        let store = Arc::new(Racing::new(8));
+        let m = ResourceManager::new(store.clone());
         let applies: Vec<_> = (0..8)
             .map(|_| {
                 let m = m.clone();
@@ -1157,6 +1219,8 @@ mtls:
             }
         }
         assert_eq!(created, 1);
+        // Every apply read before any wrote: seven lost the race and re-read.
+        assert_eq!(store.lost.load(std::sync::atomic::Ordering::SeqCst), 7);
         let secrets = m.list(ResourceType::Secret, Some("demo")).await.unwrap();
         assert_eq!(secrets.len(), 2);
         assert!(secrets.iter().all(|s| s.version == 1));
@@ -1223,16 +1287,16 @@ mtls:
             .apply(resource(&format!("type: Mesh\nname: {name}\n")))
             .await
             .unwrap_err();
-        assert!(
-            violations(err).contains(&pair("name", "cannot be longer than 63 characters")),
-        );
+        assert!(violations(err).contains(&pair("name", "cannot be longer than 63 characters")),);
     }
 
     #[tokio::test]
     async fn unknown_backend_types_are_refused() {
         let m = manager();
         let err = m
-            .apply(resource(&BUILTIN_MESH.replace("type: builtin", "type: vault")))
+            .apply(resource(
+                &BUILTIN_MESH.replace("type: builtin", "type: vault"),
+            ))
             .await
             .unwrap_err();
         assert!(violations(err).contains(&pair(
@@ -1248,7 +1312,11 @@ mtls:
         m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
         let before = snapshot(&m).await;
         let err = m
-            .apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
+            .apply(provided_mesh(
+                "{secret: ca-cert}",
+                "{secret: ca-key}",
+                false,
+            ))
             .await
             .unwrap_err();
         let text = "could not load data: resource not found: type=\"Secret\" name=\"ca-cert\" mesh=\"demo\"";
@@ -1292,9 +1360,13 @@ mtls:
         put_secret(&m, "demo", "ca-cert", cert.as_bytes()).await;
         put_secret(&m, "demo", "ca-key", key.as_bytes()).await;
         assert_eq!(
-            m.apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
-                .await
-                .unwrap(),
+            m.apply(provided_mesh(
+                "{secret: ca-cert}",
+                "{secret: ca-key}",
+                false
+            ))
+            .await
+            .unwrap(),
             ApplyOutcome::Updated
         );
 
@@ -1316,7 +1388,10 @@ mtls:
         let err = m
             .apply(provided_mesh(
                 "{secret: ca-cert}",
-                &format!("{{inlineString: {}}}", serde_json::to_string(&other_key).unwrap()),
+                &format!(
+                    "{{inlineString: {}}}",
+                    serde_json::to_string(&other_key).unwrap()
+                ),
                 false,
             ))
             .await
@@ -1324,7 +1399,10 @@ mtls:
         let found = violations(err);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, "mtls.backends[0].conf.cert");
-        assert!(found[0].1.starts_with("not a valid TLS key pair: "), "{found:?}");
+        assert!(
+            found[0].1.starts_with("not a valid TLS key pair: "),
+            "{found:?}"
+        );
     }
 
     #[tokio::test]
@@ -1349,7 +1427,9 @@ mtls:
         let store = Arc::new(Recording::default());
         let m = ResourceManager::new(store.clone());
         m.apply(resource(BUILTIN_MESH)).await.unwrap();
-        m.apply(resource("type: Mesh\nname: other\n")).await.unwrap();
+        m.apply(resource("type: Mesh\nname: other\n"))
+            .await
+            .unwrap();
         m.apply(resource(
             "
 type: TrafficPermission
@@ -1398,12 +1478,18 @@ destinations:
         put_secret(&m, "demo", "ca-key", key.as_bytes()).await;
         put_secret(&m, "demo", "unused", b"x").await;
         // mTLS must be disabled before the CA changes.
-        m.apply(resource(&BUILTIN_MESH.replace("  enabledBackend: ca-1\n", "")))
-            .await
-            .unwrap();
-        m.apply(provided_mesh("{secret: ca-cert}", "{secret: ca-key}", false))
-            .await
-            .unwrap();
+        m.apply(resource(
+            &BUILTIN_MESH.replace("  enabledBackend: ca-1\n", ""),
+        ))
+        .await
+        .unwrap();
+        m.apply(provided_mesh(
+            "{secret: ca-cert}",
+            "{secret: ca-key}",
+            false,
+        ))
+        .await
+        .unwrap();
         let err = m.delete(&secret_key("demo", "ca-cert")).await.unwrap_err();
         assert!(violations(err)[0].1.starts_with(
             "The secret \"ca-cert\" that you are trying to remove is currently in use in Mesh \"demo\""
@@ -1428,9 +1514,13 @@ destinations:
             }])
             .await
             .unwrap();
-        m.delete(&ResourceKey::in_mesh(ResourceType::Dataplane, "demo", "dp-1"))
-            .await
-            .unwrap();
+        m.delete(&ResourceKey::in_mesh(
+            ResourceType::Dataplane,
+            "demo",
+            "dp-1",
+        ))
+        .await
+        .unwrap();
         assert!(m.get(&insight).await.unwrap().is_none());
     }
 
@@ -1469,8 +1559,26 @@ destinations:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_signing_key_is_created_once_and_the_newest_is_used() {
-        let m = manager();
-        m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
+        let seed = manager();
+        seed.apply(resource("type: Mesh\nname: demo\n"))
+            .await
+            .unwrap();
+        // The mesh is in place; the six issues below race to create the key.
+        let store = Arc::new(Racing::new(6));
+        store
+            .inner
+            .commit(vec![WriteOp::Create {
+                key: ResourceKey::mesh("demo"),
+                spec: seed
+                    .get(&ResourceKey::mesh("demo"))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .spec,
+            }])
+            .await
+            .unwrap();
+        let m = ResourceManager::new(store.clone());
         let issues: Vec<_> = (0..6)
             .map(|_| {
                 let m = m.clone();
@@ -1485,6 +1593,7 @@ destinations:
         let names: Vec<&str> = secrets.iter().map(|s| s.key.name.as_str()).collect();
         assert_eq!(names, ["dataplane-token-signing-key-demo-1"]);
         assert!(tokens.iter().all(|t| kid(t) == "1"));
+        assert_eq!(store.lost.load(std::sync::atomic::Ordering::SeqCst), 5);
 
         // Every token verifies with the stored key.
         let key = SigningKey::from_pem(&secret_data(&secrets[0]).unwrap()).unwrap();
@@ -1511,7 +1620,10 @@ destinations:
             rotated.to_pem().as_bytes(),
         )
         .await;
-        let token = m.issue_dataplane_token(token_request("demo")).await.unwrap();
+        let token = m
+            .issue_dataplane_token(token_request("demo"))
+            .await
+            .unwrap();
         assert_eq!(kid(&token), "2");
     }
 
@@ -1532,7 +1644,12 @@ destinations:
             Err(ManagerError::NotFound(_))
         ));
         m.apply(resource("type: Mesh\nname: demo\n")).await.unwrap();
-        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+        assert!(
+            m.list_provided_certificates("demo")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         let (cert, key, _, _) = root_ca("provided");
         let added = m
@@ -1554,7 +1671,7 @@ destinations:
         );
         assert_eq!(
             m.list_provided_certificates("demo").await.unwrap(),
-            [added.clone()]
+            std::slice::from_ref(&added)
         );
         for name in ["demo.ca-provided-cert-1", "demo.ca-provided-key-1"] {
             assert!(m.get(&secret_key("demo", name)).await.unwrap().is_some());
@@ -1595,11 +1712,19 @@ destinations:
             .delete_provided_certificate("demo", "0000000000000000")
             .await
             .unwrap_err();
-        assert!(matches!(err, ManagerError::ProvidedCertificateNotFound { .. }));
+        assert!(matches!(
+            err,
+            ManagerError::ProvidedCertificateNotFound { .. }
+        ));
         m.delete_provided_certificate("demo", &added.id)
             .await
             .unwrap();
-        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+        assert!(
+            m.list_provided_certificates("demo")
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(
             m.list(ResourceType::Secret, Some("demo"))
                 .await
@@ -1624,7 +1749,12 @@ destinations:
                 "certificate must be self-signed (intermediate CAs are not allowed)"
             )]
         );
-        assert!(m.list_provided_certificates("demo").await.unwrap().is_empty());
+        assert!(
+            m.list_provided_certificates("demo")
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -157,8 +157,16 @@ mod tests {
             let h = headers(&[("host", "localhost:5681"), extra]);
             assert!(!is_local_admin(local, &h), "{extra:?}");
         }
-        for host in ["evil.example", "evil.example:5681", "10.0.0.1:5681", "localhost:x"] {
-            assert!(!is_local_admin(local, &headers(&[("host", host)])), "{host}");
+        for host in [
+            "evil.example",
+            "evil.example:5681",
+            "10.0.0.1:5681",
+            "localhost:x",
+        ] {
+            assert!(
+                !is_local_admin(local, &headers(&[("host", host)])),
+                "{host}"
+            );
         }
         let same_origin = headers(&[
             ("host", "localhost:5681"),

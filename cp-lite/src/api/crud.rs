@@ -97,10 +97,7 @@ async fn put_mesh(
     put(&manager, ResourceKey::mesh(name), &body).await
 }
 
-async fn delete_mesh(
-    State(manager): State<ResourceManager>,
-    Path(name): Path<String>,
-) -> Response {
+async fn delete_mesh(State(manager): State<ResourceManager>, Path(name): Path<String>) -> Response {
     delete(&manager, ResourceKey::mesh(name)).await
 }
 
@@ -164,11 +161,7 @@ async fn delete_in_mesh(
     }
 }
 
-async fn list(
-    manager: &ResourceManager,
-    collection: Collection,
-    mesh: Option<&str>,
-) -> Response {
+async fn list(manager: &ResourceManager, collection: Collection, mesh: Option<&str>) -> Response {
     let items = match collection {
         Collection::Resources(kind) => manager
             .list(kind, mesh)
@@ -177,7 +170,9 @@ async fn list(
         Collection::Overviews => overviews(manager, mesh).await,
     };
     match items {
-        Ok(items) => Json(json!({"total": items.len(), "items": items, "next": null})).into_response(),
+        Ok(items) => {
+            Json(json!({"total": items.len(), "items": items, "next": null})).into_response()
+        }
         Err(err) => Problem::from_manager(TITLE_LIST, err).into_response(),
     }
 }

@@ -55,7 +55,13 @@ impl Server {
     }
 
     async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self.client.put(self.url(path)).json(&body).send().await.unwrap();
+        let response = self
+            .client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         json_of(response).await
     }
 
@@ -132,7 +138,10 @@ async fn index_describes_the_server() {
 async fn meshes_are_created_updated_listed_and_deleted() {
     let server = Server::api().await;
     let mesh = json!({"type": "Mesh", "name": "demo"});
-    assert_eq!(server.put("/meshes/demo", mesh.clone()).await.0, StatusCode::CREATED);
+    assert_eq!(
+        server.put("/meshes/demo", mesh.clone()).await.0,
+        StatusCode::CREATED
+    );
     assert_eq!(server.put("/meshes/demo", mesh).await.0, StatusCode::OK);
 
     let (status, got) = server.get("/meshes/demo").await;
@@ -147,7 +156,10 @@ async fn meshes_are_created_updated_listed_and_deleted() {
     assert_eq!(list["next"], Value::Null);
     assert_eq!(list["items"][0]["name"], "demo");
 
-    assert_eq!(server.delete("/meshes/demo").await, (StatusCode::OK, json!({})));
+    assert_eq!(
+        server.delete("/meshes/demo").await,
+        (StatusCode::OK, json!({}))
+    );
     assert_eq!(
         server.get("/meshes/demo").await,
         (
@@ -168,7 +180,9 @@ async fn meshes_are_created_updated_listed_and_deleted() {
 async fn mesh_scoped_resources_follow_kuma_paths() {
     let server = Server::api().await;
     assert_eq!(
-        server.put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1")).await,
+        server
+            .put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1"))
+            .await,
         (
             StatusCode::BAD_REQUEST,
             validation_problem(
@@ -177,19 +191,32 @@ async fn mesh_scoped_resources_follow_kuma_paths() {
             )
         )
     );
-    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
-    server.put("/meshes/other", json!({"type": "Mesh", "name": "other"})).await;
+    server
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
+    server
+        .put("/meshes/other", json!({"type": "Mesh", "name": "other"}))
+        .await;
     assert_eq!(
-        server.put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1")).await.0,
+        server
+            .put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1"))
+            .await
+            .0,
         StatusCode::CREATED
     );
     assert_eq!(
-        server.put("/meshes/other/dataplanes/dp-2", dataplane("other", "dp-2")).await.0,
+        server
+            .put("/meshes/other/dataplanes/dp-2", dataplane("other", "dp-2"))
+            .await
+            .0,
         StatusCode::CREATED
     );
 
     let (_, got) = server.get("/meshes/demo/dataplanes/dp-1").await;
-    assert_eq!((got["type"].clone(), got["mesh"].clone()), (json!("Dataplane"), json!("demo")));
+    assert_eq!(
+        (got["type"].clone(), got["mesh"].clone()),
+        (json!("Dataplane"), json!("demo"))
+    );
     let (_, in_mesh) = server.get("/meshes/demo/dataplanes").await;
     assert_eq!(in_mesh["total"], 1);
     let (_, everywhere) = server.get("/dataplanes").await;
@@ -202,7 +229,10 @@ async fn mesh_scoped_resources_follow_kuma_paths() {
             StatusCode::BAD_REQUEST,
             validation_problem(
                 "Could not delete a resource",
-                &[("mesh", "unable to delete mesh, there are still some dataplanes attached")]
+                &[(
+                    "mesh",
+                    "unable to delete mesh, there are still some dataplanes attached"
+                )]
             )
         )
     );
@@ -212,7 +242,12 @@ async fn mesh_scoped_resources_follow_kuma_paths() {
     );
 
     // Unknown collections are not routes.
-    let response = server.client.get(server.url("/meshes/demo/widgets")).send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url("/meshes/demo/widgets"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.text().await.unwrap(), "404: Page Not Found");
 }
@@ -247,13 +282,23 @@ async fn bad_bodies_get_problem_documents() {
         body["causes"],
         json!([{"field": "mtls.enabledBackend", "message": "has to be set to one of the backends in the mesh"}])
     );
-    assert!(server.manager.list(ResourceType::Mesh, None).await.unwrap().is_empty());
+    assert!(
+        server
+            .manager
+            .list(ResourceType::Mesh, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn bodies_over_one_mebibyte_are_refused() {
     let server = Server::api().await;
-    let big = format!("{{\"type\":\"Mesh\",\"name\":\"demo\",\"x\":\"{}\"}}", "a".repeat(1 << 20));
+    let big = format!(
+        "{{\"type\":\"Mesh\",\"name\":\"demo\",\"x\":\"{}\"}}",
+        "a".repeat(1 << 20)
+    );
     let response = server
         .client
         .put(server.url("/meshes/demo"))
@@ -266,15 +311,28 @@ async fn bodies_over_one_mebibyte_are_refused() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["status"], 413);
     assert_eq!(body["type"], "/std-errors");
-    assert!(server.manager.list(ResourceType::Mesh, None).await.unwrap().is_empty());
+    assert!(
+        server
+            .manager
+            .list(ResourceType::Mesh, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn dataplane_overviews_join_insights() {
     let server = Server::api().await;
-    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
-    server.put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1")).await;
-    server.put("/meshes/demo/dataplanes/dp-2", dataplane("demo", "dp-2")).await;
+    server
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
+    server
+        .put("/meshes/demo/dataplanes/dp-1", dataplane("demo", "dp-1"))
+        .await;
+    server
+        .put("/meshes/demo/dataplanes/dp-2", dataplane("demo", "dp-2"))
+        .await;
     let insight = json!({"mTLS": {"issuedBackend": "ca-1"}, "agentVersion": "0.1.0"});
     server
         .manager
@@ -291,7 +349,10 @@ async fn dataplane_overviews_join_insights() {
     assert_eq!(list["total"], 2);
     let first = &list["items"][0];
     assert_eq!(first["type"], "DataplaneOverview");
-    assert_eq!((first["mesh"].clone(), first["name"].clone()), (json!("demo"), json!("dp-1")));
+    assert_eq!(
+        (first["mesh"].clone(), first["name"].clone()),
+        (json!("demo"), json!("dp-1"))
+    );
     assert_eq!(first["dataplaneInsight"], insight);
     assert_eq!(first["dataplane"]["networking"]["address"], "127.0.0.1");
     assert_eq!(list["items"][1]["dataplaneInsight"], json!({}));
@@ -299,7 +360,10 @@ async fn dataplane_overviews_join_insights() {
     let (_, all) = server.get("/dataplanes+insights").await;
     assert_eq!(all["total"], 2);
     let (status, one) = server.get("/meshes/demo/dataplanes+insights/dp-2").await;
-    assert_eq!((status, one["name"].clone()), (StatusCode::OK, json!("dp-2")));
+    assert_eq!(
+        (status, one["name"].clone()),
+        (StatusCode::OK, json!("dp-2"))
+    );
     assert_eq!(
         server.get("/meshes/demo/dataplanes+insights/dp-3").await,
         (
@@ -316,7 +380,9 @@ async fn dataplane_tokens_are_issued() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.text().await.unwrap(), "");
 
-    let response = server.post_raw("/tokens/dataplane", r#"{"name":"dp-1"}"#).await;
+    let response = server
+        .post_raw("/tokens/dataplane", r#"{"name":"dp-1"}"#)
+        .await;
     assert_eq!(
         json_of(response).await,
         (
@@ -325,7 +391,9 @@ async fn dataplane_tokens_are_issued() {
         )
     );
 
-    let response = server.post_raw("/tokens/dataplane", r#"{"mesh":"demo"}"#).await;
+    let response = server
+        .post_raw("/tokens/dataplane", r#"{"mesh":"demo"}"#)
+        .await;
     assert_eq!(
         json_of(response).await,
         (
@@ -338,8 +406,11 @@ async fn dataplane_tokens_are_issued() {
         )
     );
 
-    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
-    let body = r#"{"name":"dp-1","mesh":"demo","tags":{"kuma.io/service":["web"]},"validFor":"24h"}"#;
+    server
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
+    let body =
+        r#"{"name":"dp-1","mesh":"demo","tags":{"kuma.io/service":["web"]},"validFor":"24h"}"#;
     let response = server.post_raw("/tokens/dataplane", body).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/plain");
@@ -351,7 +422,9 @@ async fn dataplane_tokens_are_issued() {
 #[tokio::test]
 async fn provided_certificates_over_http() {
     let server = Server::api().await;
-    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
+    server
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
     let path = "/meshes/demo/ca/provided/certificates";
     let (cert, key) = root_ca("provided");
 
@@ -376,7 +449,12 @@ async fn provided_certificates_over_http() {
     let (status, list) = server.get(path).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["items"][0]["id"], id.as_str());
-    assert!(list["items"][0]["notAfter"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        list["items"][0]["notAfter"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
 
     let response = server
         .post_raw(path, json!({"cert": cert, "key": key}).to_string())
@@ -398,7 +476,10 @@ async fn provided_certificates_over_http() {
         (StatusCode::OK, json!({}))
     );
     assert_eq!(server.get(path).await.1, json!({"items": []}));
-    assert_eq!(server.delete(&format!("{path}/{id}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        server.delete(&format!("{path}/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         server.get("/meshes/nope/ca/provided/certificates").await,
         (
@@ -423,13 +504,20 @@ async fn admin_serves_tokens_and_the_provided_ca_only() {
         .await
         .unwrap();
     for path in ["/tokens", "/tokens/dataplane"] {
-        let response = server.post_raw(path, r#"{"name":"dp-1","mesh":"demo"}"#).await;
+        let response = server
+            .post_raw(path, r#"{"name":"dp-1","mesh":"demo"}"#)
+            .await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         assert_eq!(response.text().await.unwrap().split('.').count(), 3);
     }
     let (status, list) = server.get("/meshes/demo/ca/provided/certificates").await;
     assert_eq!((status, list), (StatusCode::OK, json!({"items": []})));
-    let response = server.client.get(server.url("/meshes")).send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url("/meshes"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
@@ -447,7 +535,14 @@ async fn writes_from_a_foreign_host_name_are_denied() {
     let (status, body) = json_of(response).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["title"], "Access Denied");
-    assert!(server.manager.list(ResourceType::Mesh, None).await.unwrap().is_empty());
+    assert!(
+        server
+            .manager
+            .list(ResourceType::Mesh, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Reads stay open.
     let response = server
         .client

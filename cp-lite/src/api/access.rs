@@ -1,10 +1,12 @@
-//! Who may write: for now only local callers (Kuma's `localhostIsAdmin`), checked the way Kuma
-//! does so that a browser on the same machine cannot be used to reach the API (no forwarding
-//! headers, a loopback `Host`, no cross-site fetch).
+//! Who may write (and read Secrets): for now only local callers (Kuma's `localhostIsAdmin`),
+//! checked the way Kuma does so that a browser on the same machine cannot be used to reach the
+//! API (no forwarding headers, a loopback `Host`, no cross-site fetch).
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +16,36 @@ use super::problem::Problem;
 
 /// Headers a proxy adds; a request carrying one is not treated as local (Kuma).
 const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// The caller of a request, as far as access is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// Kuma's localhost admin: may write and may read Secrets (CA keys, signing keys).
+    pub(crate) admin: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        Ok(Caller {
+            admin: peer.is_some_and(|peer| is_local_admin(peer, &parts.headers)),
+        })
+    }
+}
+
+/// 403 for a caller that is not the local admin.
+pub(crate) fn access_denied() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "Access Denied",
+        "only local callers (loopback address and Host) may do this",
+    )
+}
 
 /// Middleware: reads pass, writes (anything but GET/HEAD/OPTIONS) need a local caller.
 pub(crate) async fn local_writes_only(req: Request, next: Next) -> Response {
@@ -28,12 +60,7 @@ pub(crate) async fn local_writes_only(req: Request, next: Next) -> Response {
         Some(peer) if is_local_admin(peer, req.headers()) => next.run(req).await,
         _ => {
             warn!(?peer, method = %req.method(), path = %req.uri().path(), "write refused: not a local caller");
-            Problem::new(
-                StatusCode::FORBIDDEN,
-                "Access Denied",
-                "writes are accepted only from the local host (loopback address and Host)",
-            )
-            .into_response()
+            access_denied().into_response()
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::access::{Caller, access_denied};
 use super::body::LimitedBody;
 use super::problem::Problem;
 use crate::manager::{ApplyOutcome, ResourceManager};
@@ -66,6 +67,13 @@ impl Collection {
             .map(Collection::Resources)
     }
 
+    /// Whether `caller` may read this collection: Secrets hold CA and token signing keys, so
+    /// only the local admin reads them (the decision is made on the decoded path, so no
+    /// spelling of the URL gets around it).
+    fn readable_by(self, caller: Caller) -> bool {
+        caller.admin || self != Collection::Resources(ResourceType::Secret)
+    }
+
     /// The type users may write through this collection, if any (insights are written by the
     /// DP server only).
     fn writable(self) -> Option<ResourceType> {
@@ -103,9 +111,11 @@ async fn delete_mesh(State(manager): State<ResourceManager>, Path(name): Path<St
 
 async fn list_in_mesh(
     State(manager): State<ResourceManager>,
+    caller: Caller,
     Path((mesh, plural)): Path<(String, String)>,
 ) -> Response {
     match Collection::parse(&plural) {
+        Some(collection) if !collection.readable_by(caller) => access_denied().into_response(),
         Some(collection) => list(&manager, collection, Some(&mesh)).await,
         None => page_not_found().await,
     }
@@ -113,9 +123,11 @@ async fn list_in_mesh(
 
 async fn list_everywhere(
     State(manager): State<ResourceManager>,
+    caller: Caller,
     Path(plural): Path<String>,
 ) -> Response {
     match Collection::parse(&plural) {
+        Some(collection) if !collection.readable_by(caller) => access_denied().into_response(),
         Some(collection) => list(&manager, collection, None).await,
         None => page_not_found().await,
     }
@@ -123,9 +135,11 @@ async fn list_everywhere(
 
 async fn get_in_mesh(
     State(manager): State<ResourceManager>,
+    caller: Caller,
     Path((mesh, plural, name)): Path<(String, String, String)>,
 ) -> Response {
     match Collection::parse(&plural) {
+        Some(collection) if !collection.readable_by(caller) => access_denied().into_response(),
         Some(Collection::Resources(kind)) => {
             get_one(&manager, ResourceKey::in_mesh(kind, mesh, name)).await
         }

@@ -555,6 +555,33 @@ async fn writes_from_a_foreign_host_name_are_denied() {
 }
 
 #[tokio::test]
+async fn secrets_are_readable_only_by_local_callers() {
+    let server = Server::api().await;
+    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
+    let secret = json!({"type": "Secret", "mesh": "demo", "name": "s", "data": "c2VjcmV0"});
+    assert_eq!(server.put("/meshes/demo/secrets/s", secret).await.0, StatusCode::CREATED);
+    for path in [
+        "/secrets",
+        "/meshes/demo/secrets",
+        "/meshes/demo/secrets/s",
+        "/meshes/demo/%73ecrets/s",
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let response = server
+            .client
+            .get(server.url(path))
+            .header("host", "cp.example:5681")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body["title"], "Access Denied");
+    }
+}
+
+#[tokio::test]
 async fn shutdown_stops_the_server() {
     let server = Server::api().await;
     assert_eq!(server.get("/").await.0, StatusCode::OK);

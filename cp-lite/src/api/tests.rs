@@ -557,9 +557,14 @@ async fn writes_from_a_foreign_host_name_are_denied() {
 #[tokio::test]
 async fn secrets_are_readable_only_by_local_callers() {
     let server = Server::api().await;
-    server.put("/meshes/demo", json!({"type": "Mesh", "name": "demo"})).await;
+    server
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
     let secret = json!({"type": "Secret", "mesh": "demo", "name": "s", "data": "c2VjcmV0"});
-    assert_eq!(server.put("/meshes/demo/secrets/s", secret).await.0, StatusCode::CREATED);
+    assert_eq!(
+        server.put("/meshes/demo/secrets/s", secret).await.0,
+        StatusCode::CREATED
+    );
     for path in [
         "/secrets",
         "/meshes/demo/secrets",

@@ -23,12 +23,12 @@ mod server_tls;
 mod test_support;
 mod validate;
 
-pub use builtin::generate_builtin_root;
+pub use builtin::{DEFAULT_RSA_BITS, generate_builtin_root};
 pub use identity::{identities, identities_with_workload};
 pub use issuer::{Issuer, Leaf, MAX_CSR_SIZE, NOT_BEFORE_BACKDATE, SignError};
 pub use keys::KeyPairError;
 pub use pem::certs_from_pem;
-pub use server_tls::{ServerTls, generate_server_tls};
+pub use server_tls::{SERVER_CA_NAME, SERVER_TLS_LIFETIME, ServerTls, generate_server_tls};
 pub use validate::{validate_legacy_root, validate_provided_ca};
 
 /// PEM text holding a private key. `Debug` never shows it; read it with [`SecretPem::expose`].
@@ -102,7 +102,8 @@ pub enum CaError {
         reason: String,
     },
     /// The certificate chain and key are not a usable pair (Go's `tls.X509KeyPair` texts):
-    /// missing PEM, unreadable key, key not matching the first certificate, ...
+    /// missing PEM, unreadable key, key not matching the first certificate, ... The Go text is
+    /// part of the message, as Kuma shows it, rather than a separate cause.
     #[error("not a valid TLS key pair: {0}")]
     KeyPair(KeyPairError),
     /// The builtin CA was asked for an RSA size aws-lc-rs cannot generate.

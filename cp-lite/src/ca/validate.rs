@@ -5,6 +5,7 @@
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::KeyUsage;
 
+use super::Issuer;
 use super::keys::{self, KeyPairError};
 use crate::resources::Violation;
 
@@ -22,6 +23,9 @@ const A_CHAIN: &str = "certificate must be a root CA (certificate chains are not
 /// (field `cert`, Go's `tls.X509KeyPair` texts, and nothing else is checked then); every
 /// certificate of the chain must then be CA:TRUE with keyCertSign and without keyAgreement
 /// (field `cert[i]`, violations accumulate per certificate, in order).
+///
+/// Beyond Kuma: when all of that passes, the pair must also work as an [`Issuer`] (its
+/// subject reproducible in issued certificates), else a violation at `cert` says why.
 pub fn validate_provided_ca(cert_pem: &[u8], key_pem: &[u8]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let chain = match keys::x509_key_pair(cert_pem, key_pem) {
@@ -54,12 +58,16 @@ pub fn validate_provided_ca(cert_pem: &[u8], key_pem: &[u8]) -> Vec<Violation> {
             violations.push(Violation::new(field, HAS_KEY_AGREEMENT));
         }
     }
+    if violations.is_empty() {
+        violations.extend(unusable_as_issuer(cert_pem, key_pem));
+    }
     violations
 }
 
 /// The root-only rules of `kumactl manage ca provided certificates add` (reference doc 000),
 /// all at field `cert`: a valid key pair, a single certificate, self-signed (issuer = subject),
 /// CA:TRUE, keyCertSign, and none of digitalSignature, keyAgreement, keyEncipherment.
+/// Beyond Kuma, as for [`validate_provided_ca`]: the pair must work as an [`Issuer`].
 pub fn validate_legacy_root(cert_pem: &[u8], key_pem: &[u8]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut violate = |message: String| violations.push(Violation::new("cert", message));
@@ -101,7 +109,17 @@ pub fn validate_legacy_root(cert_pem: &[u8], key_pem: &[u8]) -> Vec<Violation> {
     if usage.key_encipherment() {
         violate(HAS_KEY_ENCIPHERMENT.to_string());
     }
+    if violations.is_empty() {
+        violations.extend(unusable_as_issuer(cert_pem, key_pem));
+    }
     violations
+}
+
+/// Why a pair that passed Kuma's rules still cannot sign leaves, if it cannot.
+fn unusable_as_issuer(cert_pem: &[u8], key_pem: &[u8]) -> Option<Violation> {
+    Issuer::from_pem(cert_pem, key_pem)
+        .err()
+        .map(|e| Violation::new("cert", e.to_string()))
 }
 
 fn not_a_key_pair(e: &KeyPairError) -> Violation {
@@ -316,6 +334,51 @@ mod tests {
                 "not a valid x509 certificate: x509: malformed certificate"
             )]
         );
+    }
+
+    #[test]
+    fn pairs_that_cannot_issue_are_refused() {
+        // Two OUs: rcgen cannot write this subject back as the leaves' issuer.
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("ca.key");
+        let cert_path = dir.path().join("ca.crt");
+        crate::ca::test_support::openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/O=Test/OU=a/OU=b/CN=two units",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                key_path.to_str().unwrap(),
+                "-out",
+                cert_path.to_str().unwrap(),
+            ],
+            b"",
+        );
+        let cert = std::fs::read(&cert_path).unwrap();
+        let key = std::fs::read(&key_path).unwrap();
+        for v in [
+            validate_provided_ca(&cert, &key),
+            validate_legacy_root(&cert, &key),
+        ] {
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(v[0].field, "cert");
+            assert!(
+                v[0].message.starts_with(
+                    "the issuing CA's subject cannot be reproduced exactly in issued certificates"
+                ),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

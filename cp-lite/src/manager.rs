@@ -600,7 +600,7 @@ impl ResourceManager {
         let now = OffsetDateTime::now_utc();
         tokens::issue(&key, serial, &claims, valid_for, now).map_err(|err| match err {
             // A validity past the representable dates is the caller's mistake.
-            tokens::TokenError::ValidityTooLong => {
+            tokens::TokenError::TimeOutOfRange => {
                 let mut invalid = ValidationError::new();
                 invalid.add("validFor", err.to_string());
                 ManagerError::Validation(invalid)

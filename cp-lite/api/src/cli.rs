@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 
 /// Parses a clap command line where, as in Kuma, a set environment variable wins over its flag.
 ///

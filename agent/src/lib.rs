@@ -1,0 +1,5 @@
+//! `kuma-dp`: the sidecar identity agent. It authenticates to cp-lite with a dataplane token,
+//! keeps its key and certificates in memory only, rotates them at 4/5 of their lifetime, and
+//! supervises Envoy, serving it secrets and configuration over a local Unix socket.
+
+pub mod state;

@@ -76,6 +76,8 @@ fn collect_overridden(
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[derive(Debug, Parser)]

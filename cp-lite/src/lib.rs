@@ -10,6 +10,7 @@ pub mod ca;
 pub mod config;
 pub mod dp_server;
 pub mod kumactl;
+pub mod manager;
 pub mod resources;
 pub mod store;
 pub mod tokens;

@@ -31,6 +31,13 @@ impl ValidationError {
         Self::default()
     }
 
+    /// A validation error with one violation.
+    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut err = Self::new();
+        err.add(field, message);
+        err
+    }
+
     /// Records a violation of `field`.
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.violations.push(Violation::new(field, message));
@@ -52,6 +59,11 @@ impl ValidationError {
         }
     }
 
+    /// Records every violation of `other` as it is.
+    pub fn extend(&mut self, other: ValidationError) {
+        self.violations.extend(other.violations);
+    }
+
     /// Whether nothing was violated.
     pub fn is_empty(&self) -> bool {
         self.violations.is_empty()
@@ -61,6 +73,11 @@ impl ValidationError {
     pub fn into_result(self) -> Result<(), ValidationError> {
         if self.is_empty() { Ok(()) } else { Err(self) }
     }
+}
+
+/// The field path of a map entry, Kuma style: `tags["kuma.io/service"]`.
+pub(crate) fn key_field(prefix: &str, key: &str) -> String {
+    format!("{prefix}[{key:?}]")
 }
 
 impl fmt::Display for ValidationError {

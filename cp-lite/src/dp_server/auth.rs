@@ -109,7 +109,10 @@ mod tests {
         let mut md = MetadataMap::new();
         assert_eq!(credential(&md).unwrap(), "");
 
-        md.insert(AUTHORIZATION, MetadataValue::from_static("Bearer abc.def.ghi"));
+        md.insert(
+            AUTHORIZATION,
+            MetadataValue::from_static("Bearer abc.def.ghi"),
+        );
         assert_eq!(credential(&md).unwrap(), "abc.def.ghi");
 
         md.insert(AUTHORIZATION, MetadataValue::from_static("abc.def.ghi"));

@@ -42,12 +42,11 @@ pub(crate) async fn update(
         let current = store.get(&key).await.map_err(InsightError::Store)?;
         let op = match current {
             Some(stored) => {
-                let mut spec =
-                    match Spec::from_value(ResourceType::DataplaneInsight, stored.spec) {
-                        Ok(Spec::DataplaneInsight(spec)) => spec,
-                        Ok(_) => empty(),
-                        Err(error) => return Err(InsightError::Parse(error)),
-                    };
+                let mut spec = match Spec::from_value(ResourceType::DataplaneInsight, stored.spec) {
+                    Ok(Spec::DataplaneInsight(spec)) => spec,
+                    Ok(_) => empty(),
+                    Err(error) => return Err(InsightError::Parse(error)),
+                };
                 change(&mut spec);
                 WriteOp::Update {
                     key: key.clone(),

@@ -21,7 +21,7 @@ use super::auth::{self, Subject};
 use super::insight::{self, WhenMissing};
 use super::snapshot::{DataplaneState, MeshState, Snapshot, Snapshots};
 use super::view::ViewWatch;
-use super::DpServerOptions;
+use super::{DpServerOptions, error_chain};
 use crate::manager::{ManagerError, ResourceManager};
 use crate::resources::{self, MtlsInsight, Resource, ResourceKey, ResourceType, Spec};
 use crate::store::StoreType;
@@ -141,13 +141,13 @@ impl DataplaneService for DpService {
             shared.authorize(&metadata, &mesh, &name, now).await?;
         } else {
             let resource = parse_dataplane(&request.resource, &mesh, &name)?;
+            let snapshot = shared.snapshot().await?;
             if shared.token_auth {
                 let token = auth::credential(&metadata)?;
                 let Spec::Dataplane(spec) = &resource.spec else {
                     return Err(Status::internal("parsed Dataplane has another spec"));
                 };
                 let tags = spec.tag_set();
-                let snapshot = shared.snapshot().await?;
                 auth::verify(
                     token,
                     Subject {
@@ -160,6 +160,9 @@ impl DataplaneService for DpService {
                     shared.in_memory_store,
                 )
                 .map_err(auth::unauthenticated)?;
+            }
+            if snapshot.mesh(&mesh).is_none() {
+                return Err(mesh_not_found(&mesh));
             }
             shared
                 .manager
@@ -281,14 +284,8 @@ impl DataplaneService for DpService {
             None
         } else {
             Some(MtlsInsight {
-                certificate_expiration_time: unix_time(
-                    request.expiration_unix,
-                    "expiration_unix",
-                )?,
-                last_certificate_regeneration: unix_time(
-                    request.generated_unix,
-                    "generated_unix",
-                )?,
+                certificate_expiration_time: unix_time(request.expiration_unix, "expiration_unix")?,
+                last_certificate_regeneration: unix_time(request.generated_unix, "generated_unix")?,
                 certificate_regenerations: request.regenerations,
                 issued_backend: request.backend,
                 supported_backends: authorized
@@ -327,8 +324,8 @@ fn dataplane_ref(dataplane: Option<DataplaneRef>) -> Result<(String, String), St
 /// Parses the Dataplane an agent registers: exactly one document, a Dataplane, for the
 /// Dataplane the request names.
 fn parse_dataplane(text: &str, mesh: &str, name: &str) -> Result<Resource, Status> {
-    let mut documents = resources::parse_documents(text)
-        .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+    let mut documents =
+        resources::parse_documents(text).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
     if documents.len() != 1 {
         return Err(Status::invalid_argument(format!(
             "resource must hold exactly one Dataplane, got {} documents",
@@ -354,34 +351,20 @@ fn parse_dataplane(text: &str, mesh: &str, name: &str) -> Result<Resource, Statu
 fn manager_status(error: ManagerError, mesh: &str) -> Status {
     match error {
         ManagerError::Validation(violations) => Status::invalid_argument(violations.to_string()),
-        ManagerError::NotFound(key) if key.kind == ResourceType::Mesh => {
-            Status::failed_precondition(format!(
-                "mesh \"{mesh}\" does not exist; create the Mesh in Kuma CP first"
-            ))
-        }
+        ManagerError::NotFound(key) if key.kind == ResourceType::Mesh => mesh_not_found(mesh),
         ManagerError::NotFound(key) => Status::not_found(format!("{key} not found")),
         ManagerError::Conflict(..) => Status::aborted(error_chain(&error)),
         other => Status::unavailable(error_chain(&other)),
     }
 }
 
+fn mesh_not_found(mesh: &str) -> Status {
+    Status::failed_precondition(format!(
+        "mesh \"{mesh}\" does not exist; create the Mesh in Kuma CP first"
+    ))
+}
+
 fn unix_time(seconds: i64, field: &str) -> Result<OffsetDateTime, Status> {
     OffsetDateTime::from_unix_timestamp(seconds)
         .map_err(|_| Status::invalid_argument(format!("{field}: {seconds} is out of range")))
-}
-
-/// An error and its causes, `: `-joined, for a status message or log field.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their cause in their own text.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

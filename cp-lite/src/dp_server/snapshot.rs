@@ -15,6 +15,7 @@ use aws_lc_rs::digest;
 use tokio::sync::{Mutex, watch};
 use tracing::warn;
 
+use super::error_chain;
 use crate::ca::{self, Issuer};
 use crate::resources::{
     self, Backend, DataSource, DataplaneSpec, MeshSpec, MtlsMode, ResourceType, Spec,
@@ -112,7 +113,6 @@ pub(crate) struct Snapshot {
 /// What the DP server knows about one mesh.
 #[derive(Debug)]
 pub(crate) struct MeshState {
-    pub(crate) name: String,
     /// The enabled mTLS backend; `None` when mTLS is off.
     pub(crate) mtls: Option<EnabledBackend>,
     /// The roots (and intermediates) of every backend of the mesh, DER, deduplicated.
@@ -236,9 +236,8 @@ impl Snapshot {
                 })
                 .collect();
             next.meshes.insert(
-                name.clone(),
+                name,
                 Arc::new(MeshState {
-                    name,
                     mtls,
                     trust_bundle,
                     signing_keys,
@@ -287,7 +286,7 @@ fn dataplane_state(
 impl DataplaneState {
     fn new(mesh: &str, name: String, stored_spec: serde_json::Value, spec: &DataplaneSpec) -> Self {
         let tags = spec.tag_set();
-        let identities = ca::identities(mesh, &name, &tags).map_err(|e| e.to_string());
+        let identities = ca::identities(mesh, &name, &tags).map_err(|e| error_chain(&e));
         DataplaneState {
             name,
             stored_spec,
@@ -320,7 +319,18 @@ impl MeshBuilder<'_> {
         })
     }
 
+    /// The parsed CA of `backend`, or why there is none, worded as Kuma's
+    /// `failed to load CA key pair for Mesh "<m>" and backend "<b>": <cause>`.
     async fn issuer(&mut self, backend: &Backend) -> Result<Arc<IssuerEntry>, String> {
+        self.load_issuer(backend).await.map_err(|cause| {
+            format!(
+                "failed to load CA key pair for Mesh \"{}\" and backend \"{}\": {cause}",
+                self.mesh, backend.name
+            )
+        })
+    }
+
+    async fn load_issuer(&mut self, backend: &Backend) -> Result<Arc<IssuerEntry>, String> {
         let (cert_pem, key_pem) = self.ca_material(backend).await?;
         let key = IssuerKey {
             mesh: self.mesh.to_string(),
@@ -332,14 +342,9 @@ impl MeshBuilder<'_> {
             self.next.issuers.insert(key, entry.clone());
             return Ok(entry.clone());
         }
-        let issuer = Issuer::from_pem(&cert_pem, &key_pem).map_err(|e| {
-            format!(
-                "failed to load CA key pair for Mesh \"{}\" and backend \"{}\": {e}",
-                self.mesh, backend.name
-            )
-        })?;
+        let issuer = Issuer::from_pem(&cert_pem, &key_pem).map_err(|e| error_chain(&e))?;
         let intermediates = ca::certs_from_pem(&cert_pem)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_chain(&e))?
             .into_iter()
             .filter(|der| !is_self_signed(der))
             .collect();
@@ -355,12 +360,18 @@ impl MeshBuilder<'_> {
     async fn ca_material(&self, backend: &Backend) -> Result<(Vec<u8>, Vec<u8>), String> {
         match backend.backend_type.as_str() {
             "builtin" => {
-                let cert = self.secret(&resources::builtin_cert_secret_name(self.mesh, &backend.name))?;
-                let key = self.secret(&resources::builtin_key_secret_name(self.mesh, &backend.name))?;
+                let cert = self.secret(&resources::builtin_cert_secret_name(
+                    self.mesh,
+                    &backend.name,
+                ))?;
+                let key = self.secret(&resources::builtin_key_secret_name(
+                    self.mesh,
+                    &backend.name,
+                ))?;
                 Ok((cert.to_vec(), key.to_vec()))
             }
             "provided" => {
-                let conf = backend.provided_conf().map_err(|e| e.to_string())?;
+                let conf = backend.provided_conf().map_err(|e| error_chain(&e))?;
                 Ok((self.load(&conf.cert).await?, self.load(&conf.key).await?))
             }
             other => Err(format!("CA manager of type {other} not exist")),
@@ -371,15 +382,18 @@ impl MeshBuilder<'_> {
     async fn ca_certs(&self, backend: &Backend) -> Result<Vec<Vec<u8>>, String> {
         let pem = match backend.backend_type.as_str() {
             "builtin" => self
-                .secret(&resources::builtin_cert_secret_name(self.mesh, &backend.name))?
+                .secret(&resources::builtin_cert_secret_name(
+                    self.mesh,
+                    &backend.name,
+                ))?
                 .to_vec(),
             "provided" => {
-                let conf = backend.provided_conf().map_err(|e| e.to_string())?;
+                let conf = backend.provided_conf().map_err(|e| error_chain(&e))?;
                 self.load(&conf.cert).await?
             }
             other => return Err(format!("CA manager of type {other} not exist")),
         };
-        ca::certs_from_pem(&pem).map_err(|e| e.to_string())
+        ca::certs_from_pem(&pem).map_err(|e| error_chain(&e))
     }
 
     /// Every root of every backend (KUMA-FACTS 4 and 5: builtin gives its root, provided its
@@ -466,5 +480,176 @@ fn is_self_signed(der: &[u8]) -> bool {
     match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => cert.issuer().as_raw() == cert.subject().as_raw(),
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+        PKCS_ECDSA_P256_SHA256,
+    };
+
+    use super::*;
+    use crate::manager::ResourceManager;
+    use crate::resources::{ResourceKey, parse_documents};
+    use crate::store::{MemoryStore, WriteOp};
+
+    const MESH: &str = "
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+";
+
+    fn dataplane(name: &str) -> String {
+        format!(
+            "
+type: Dataplane
+mesh: default
+name: {name}
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 8080
+    servicePort: 80
+    tags:
+      kuma.io/service: web
+"
+        )
+    }
+
+    async fn setup(yaml: &[&str]) -> (Arc<dyn Store>, ResourceManager) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let manager = ResourceManager::new(store.clone());
+        for text in yaml {
+            for resource in parse_documents(text).unwrap() {
+                manager.apply(resource).await.unwrap();
+            }
+        }
+        (store, manager)
+    }
+
+    fn issuer_of(snapshot: &Snapshot) -> Arc<IssuerEntry> {
+        let mesh = snapshot.mesh("default").unwrap();
+        mesh.mtls.as_ref().unwrap().issuer.clone().unwrap()
+    }
+
+    #[tokio::test]
+    async fn rebuilds_only_on_relevant_changes_and_reuses_parsed_material() {
+        let (store, manager) = setup(&[MESH, &dataplane("dp-1")]).await;
+        let snapshots = Snapshots::new(store.clone());
+        let first = snapshots.current().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &snapshots.current().await.unwrap()));
+        let (_, dp1) = first.dataplane("default", "dp-1").unwrap();
+        assert_eq!(
+            dp1.identities.as_ref().unwrap(),
+            &["spiffe://default/web", "kuma://kuma.io/service/web"]
+        );
+
+        // A DataplaneInsight write leaves the snapshot as it is.
+        store
+            .commit(vec![WriteOp::Create {
+                key: ResourceKey::in_mesh(ResourceType::DataplaneInsight, "default", "dp-1"),
+                spec: serde_json::json!({"agentVersion": "x"}),
+            }])
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &snapshots.current().await.unwrap()));
+
+        // A new Dataplane makes a new snapshot that shares the parsed CA and the old state.
+        for resource in parse_documents(&dataplane("dp-2")).unwrap() {
+            manager.apply(resource).await.unwrap();
+        }
+        let second = snapshots.current().await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(second.dataplane("default", "dp-2").is_some());
+        assert!(Arc::ptr_eq(&issuer_of(&first), &issuer_of(&second)));
+        assert!(Arc::ptr_eq(
+            first.dataplane("default", "dp-1").unwrap().1,
+            second.dataplane("default", "dp-1").unwrap().1
+        ));
+        let bundle = &second.mesh("default").unwrap().trust_bundle;
+        assert_eq!(bundle.len(), 1);
+        assert!(issuer_of(&second).intermediates.is_empty());
+    }
+
+    fn ca_params(common_name: &str) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+    }
+
+    #[tokio::test]
+    async fn provided_chain_gives_intermediates_and_the_whole_bundle() {
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let root_params = ca_params("root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = rcgen::Issuer::new(root_params, root_key);
+        let intermediate_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let intermediate = ca_params("intermediate")
+            .signed_by(&intermediate_key, &root_issuer)
+            .unwrap();
+        let mesh = serde_json::json!({
+            "type": "Mesh",
+            "name": "default",
+            "mtls": {
+                "enabledBackend": "provided-1",
+                "backends": [{
+                    "name": "provided-1",
+                    "type": "provided",
+                    "mode": "PERMISSIVE",
+                    "conf": {
+                        "cert": {"inlineString": format!("{}{}", intermediate.pem(), root.pem())},
+                        "key": {"inlineString": intermediate_key.serialize_pem()},
+                    },
+                }],
+            },
+        });
+        let (store, _) = setup(&[&mesh.to_string()]).await;
+        let snapshot = Snapshots::new(store).current().await.unwrap();
+        let state = snapshot.mesh("default").unwrap();
+        let backend = state.mtls.as_ref().unwrap();
+        assert_eq!(backend.name, "provided-1");
+        assert_eq!(backend.mode, MtlsMode::Permissive);
+        assert_eq!(
+            state.trust_bundle.as_ref(),
+            &vec![intermediate.der().to_vec(), root.der().to_vec()]
+        );
+        assert_eq!(
+            issuer_of(&snapshot).intermediates,
+            vec![intermediate.der().to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_ca_secret_is_explained() {
+        let (store, _) = setup(&[MESH]).await;
+        let cert = ResourceKey::in_mesh(
+            ResourceType::Secret,
+            "default",
+            resources::builtin_cert_secret_name("default", "ca-1"),
+        );
+        store
+            .commit(vec![WriteOp::Delete {
+                key: cert,
+                expected_version: None,
+            }])
+            .await
+            .unwrap();
+        let snapshot = Snapshots::new(store).current().await.unwrap();
+        let state = snapshot.mesh("default").unwrap();
+        assert_eq!(
+            state.mtls.as_ref().unwrap().issuer.as_ref().unwrap_err(),
+            "failed to load CA key pair for Mesh \"default\" and backend \"ca-1\": resource not found: type=\"Secret\" name=\"default.ca-builtin-cert-ca-1\" mesh=\"default\""
+        );
+        assert!(state.trust_bundle.is_empty());
     }
 }

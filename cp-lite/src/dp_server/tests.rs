@@ -11,8 +11,8 @@ use cp_lite_api::v1::{
     SignCertificateRequest, SignCertificateResponse, View, WatchViewRequest,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    PKCS_RSA_SHA256, RsaKeySize, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize, SanType,
 };
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
@@ -163,7 +163,8 @@ impl Harness {
             return SigningKey::from_pem(&pem).unwrap();
         }
         let key = SigningKey::generate().unwrap();
-        self.apply_secret(mesh, &name, key.to_pem().as_bytes()).await;
+        self.apply_secret(mesh, &name, key.to_pem().as_bytes())
+            .await;
         key
     }
 
@@ -254,6 +255,8 @@ fn csr(alg: &'static rcgen::SignatureAlgorithm, uris: &[&str]) -> Vec<u8> {
         KeyPair::generate_for(alg).unwrap()
     };
     let mut params = CertificateParams::default();
+    // Identities come from the control plane: agents send an empty subject.
+    params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = uris
         .iter()
         .map(|u| SanType::URI((*u).try_into().unwrap()))
@@ -285,7 +288,11 @@ fn san_uris(cert: &X509Certificate<'_>) -> Vec<String> {
 /// Checks a signing response for dp-1: identities, lifetime, chain to the trust bundle.
 fn assert_dp1_certificate(response: &SignCertificateResponse) {
     assert_eq!(response.backend, "ca-1");
-    assert_eq!(response.chain_der.len(), 1, "a builtin root has no intermediates");
+    assert_eq!(
+        response.chain_der.len(),
+        1,
+        "a builtin root has no intermediates"
+    );
     assert_eq!(response.trust_bundle_der.len(), 1);
     let (_, leaf) = X509Certificate::from_der(&response.chain_der[0]).unwrap();
     let (_, root) = X509Certificate::from_der(&response.trust_bundle_der[0]).unwrap();
@@ -386,8 +393,14 @@ async fn registers_signs_and_reports() {
     assert_eq!(insight.agent_version, "kuma-dp 0.1.0-test");
     assert!(insight.connected_time.is_some());
     let mtls = insight.mtls.unwrap();
-    assert_eq!(mtls.certificate_expiration_time.unix_timestamp(), expiration);
-    assert_eq!(mtls.last_certificate_regeneration.unix_timestamp(), generated);
+    assert_eq!(
+        mtls.certificate_expiration_time.unix_timestamp(),
+        expiration
+    );
+    assert_eq!(
+        mtls.last_certificate_regeneration.unix_timestamp(),
+        generated
+    );
     assert_eq!(mtls.certificate_regenerations, 2);
     assert_eq!(mtls.issued_backend, "ca-1");
     assert_eq!(mtls.supported_backends, vec!["ca-1".to_string()]);
@@ -445,7 +458,9 @@ async fn rejects_bad_tokens() {
     // Tampered: another payload under the same signature.
     let forged = token.as_str().replace(
         token.split('.').nth(1).unwrap(),
-        &base64_url(r#"{"Name":"dp-1","Mesh":"default","Tags":{},"Type":"","Workload":"","jti":"x"}"#),
+        &base64_url(
+            r#"{"Name":"dp-1","Mesh":"default","Tags":{},"Type":"","Workload":"","jti":"x"}"#,
+        ),
     );
     let status = client.sign_certificate(sign(&forged)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -573,13 +588,34 @@ async fn register_checks_the_token_against_the_given_resource() {
 
     // Invalid resources get Kuma's validation texts.
     let mut request = register_dp1();
-    request.resource = DATAPLANE_DP1.replace("    servicePort: 80\n", "").replace("port: 8080", "port: 0");
-    let status = client
-        .register(authorized(request, good.as_str()))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("networking.inbound[0].port"), "{status:?}");
+    request.resource = DATAPLANE_DP1.replace("port: 8080", "port: 70000");
+    assert_status(
+        client.register(authorized(request, good.as_str())).await,
+        Code::InvalidArgument,
+        "networking.inbound[0].port: port must be in the range [1, 65535]",
+    );
+    assert!(h.manager.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn register_needs_the_mesh() {
+    let h = Harness::start(DpServerOptions {
+        dataplane_token_auth: false,
+    })
+    .await;
+    let mut client = h.client().await;
+    assert_status(
+        client.register(register_dp1()).await,
+        Code::FailedPrecondition,
+        "mesh \"default\" does not exist; create the Mesh in Kuma CP first",
+    );
+    // Without a resource, the Dataplane must exist.
+    let mut request = register_dp1();
+    request.resource = String::new();
+    assert_eq!(
+        client.register(request).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
@@ -594,7 +630,10 @@ async fn view_follows_the_mesh_and_closes_on_revocation() {
         .unwrap();
 
     let mut stream = client
-        .watch_view(authorized(WatchViewRequest { dataplane: dp1() }, token.as_str()))
+        .watch_view(authorized(
+            WatchViewRequest { dataplane: dp1() },
+            token.as_str(),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -611,10 +650,16 @@ async fn view_follows_the_mesh_and_closes_on_revocation() {
     assert_eq!(mtls.dp_cert_lifetime_seconds, 86_400);
     assert_eq!(mtls.identities, DP1_IDENTITIES);
     let root = h
-        .secret("default", &resources::builtin_cert_secret_name("default", "ca-1"))
+        .secret(
+            "default",
+            &resources::builtin_cert_secret_name("default", "ca-1"),
+        )
         .await
         .unwrap();
-    assert_eq!(mtls.trust_bundle_der, crate::ca::certs_from_pem(&root).unwrap());
+    assert_eq!(
+        mtls.trust_bundle_der,
+        crate::ca::certs_from_pem(&root).unwrap()
+    );
 
     // A report writes only the DataplaneInsight: no new view.
     client
@@ -646,7 +691,10 @@ async fn view_closes_when_the_token_expires_or_the_dataplane_goes() {
 
     let short = h.token(&dp1_claims(), Duration::from_secs(2)).await;
     let mut stream = client
-        .watch_view(authorized(WatchViewRequest { dataplane: dp1() }, short.as_str()))
+        .watch_view(authorized(
+            WatchViewRequest { dataplane: dp1() },
+            short.as_str(),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -666,7 +714,11 @@ async fn view_closes_when_the_token_expires_or_the_dataplane_goes() {
         .into_inner();
     assert_eq!(next_view(&mut stream).await.unwrap().version, 1);
     h.manager
-        .delete(&ResourceKey::in_mesh(ResourceType::Dataplane, "default", "dp-1"))
+        .delete(&ResourceKey::in_mesh(
+            ResourceType::Dataplane,
+            "default",
+            "dp-1",
+        ))
         .await
         .unwrap();
     assert_eq!(

@@ -13,8 +13,9 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use super::auth::{self, Subject};
+use super::error_chain;
 use super::insight::{self, WhenMissing};
-use super::service::{Shared, error_chain};
+use super::service::Shared;
 use super::snapshot::{DataplaneState, MeshState, Snapshot};
 use crate::resources::MtlsMode;
 use crate::tokens::VerifiedToken;
@@ -173,7 +174,8 @@ impl ViewWatch {
             .map_err(auth::unauthenticated)?;
         // The token module decides expiry; this only guards against a token that outlives
         // its `exp` there, which would make the expiry timer fire in a loop.
-        if expiry_passed && verified.expires_at.is_some_and(|exp| exp + EXPIRY_MARGIN < now) {
+        let overdue = |exp: OffsetDateTime| now - exp > EXPIRY_MARGIN;
+        if expiry_passed && verified.expires_at.is_some_and(overdue) {
             return Err(auth::unauthenticated("token is expired"));
         }
         Ok(())

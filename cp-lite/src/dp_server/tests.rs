@@ -76,6 +76,7 @@ struct Harness {
     ca_pem: Vec<u8>,
     manager: ResourceManager,
     shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<Result<(), super::DpServerError>>>,
     _work_dir: tempfile::TempDir,
 }
 
@@ -89,7 +90,7 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(
+        let server = tokio::spawn(serve(
             listener,
             tls,
             manager.clone(),
@@ -101,6 +102,7 @@ impl Harness {
             ca_pem,
             manager,
             shutdown,
+            server: Some(server),
             _work_dir: work_dir,
         }
     }
@@ -661,6 +663,24 @@ async fn view_follows_the_mesh_and_closes_on_revocation() {
         crate::ca::certs_from_pem(&root).unwrap()
     );
 
+    // New tags, new identities.
+    let mut request = register_dp1();
+    request.resource = DATAPLANE_DP1.replace("version: v1", "version: v2");
+    client
+        .register(authorized(request, token.as_str()))
+        .await
+        .unwrap();
+    let third = next_view(&mut stream).await.unwrap();
+    assert_eq!(third.version, 3);
+    assert_eq!(
+        third.mtls.unwrap().identities,
+        [
+            "spiffe://default/web",
+            "kuma://kuma.io/service/web",
+            "kuma://version/v2"
+        ]
+    );
+
     // A report writes only the DataplaneInsight: no new view.
     client
         .report_certificate(authorized(
@@ -757,6 +777,31 @@ async fn a_failed_handshake_does_not_stop_the_server() {
             &token,
         ))
         .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_view_streams_and_the_server() {
+    let mut h = Harness::with_tokens().await;
+    let (mut client, token) = h.with_dp1().await;
+    let mut stream = client
+        .watch_view(authorized(WatchViewRequest { dataplane: dp1() }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_view(&mut stream).await.unwrap().version, 1);
+
+    h.shutdown.cancel();
+    assert_status(
+        next_view(&mut stream).await,
+        Code::Unavailable,
+        "the control plane is shutting down",
+    );
+    let server = h.server.take().unwrap();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("the server drains")
+        .unwrap()
         .unwrap();
 }
 

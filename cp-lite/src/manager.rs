@@ -27,7 +27,7 @@ use crate::tokens::{self, SigningKey, Token, TokenRequest};
 const MAX_ATTEMPTS: u32 = 16;
 /// Upper bound of the jittered pause between attempts; small, because a lost race is resolved
 /// by re-reading, not by waiting.
-const MAX_BACKOFF: Duration = Duration::from_millis(40);
+const MAX_BACKOFF_MILLIS: u64 = 40;
 /// Length of a provided certificate id: a hex prefix of its SHA-256 fingerprint.
 const PROVIDED_CERT_ID_LEN: usize = 16;
 /// The serial of a mesh's first signing key (Kuma's `DefaultKeyID`).
@@ -600,7 +600,7 @@ impl ResourceManager {
         let now = OffsetDateTime::now_utc();
         tokens::issue(&key, serial, &claims, valid_for, now).map_err(|err| match err {
             // A validity past the representable dates is the caller's mistake.
-            tokens::TokenError::ValidityTooLong => {
+            tokens::TokenError::TimeOutOfRange => {
                 let mut invalid = ValidationError::new();
                 invalid.add("validFor", err.to_string());
                 ManagerError::Validation(invalid)
@@ -883,7 +883,7 @@ fn go_io_text(err: &std::io::Error) -> String {
 
 /// A short random pause before retrying a lost race, so racing writers spread out.
 async fn backoff() {
-    let millis = rand::random_range(1..=MAX_BACKOFF.as_millis() as u64);
+    let millis = rand::random_range(1..=MAX_BACKOFF_MILLIS);
     tokio::time::sleep(Duration::from_millis(millis)).await;
 }
 

@@ -173,12 +173,15 @@ pub fn issue(
     })
     .map_err(TokenError::Encoding)?;
 
-    let valid_for = time::Duration::try_from(valid_for).map_err(|_| TokenError::ValidityTooLong)?;
+    let valid_for = time::Duration::try_from(valid_for).map_err(|_| TokenError::TimeOutOfRange)?;
     let exp = now
         .checked_add(valid_for)
-        .ok_or(TokenError::ValidityTooLong)?
+        .ok_or(TokenError::TimeOutOfRange)?
         .unix_timestamp();
-    let backdated = (now - BACKDATE).unix_timestamp();
+    let backdated = now
+        .checked_sub(BACKDATE)
+        .ok_or(TokenError::TimeOutOfRange)?
+        .unix_timestamp();
     let tags = normalized_tags(&claims.tags);
     let jti = uuid::Uuid::new_v4().to_string();
     let payload = serde_json::to_string(&WireClaims {
@@ -204,7 +207,10 @@ pub fn issue(
     Ok(Token(jwt))
 }
 
-fn normalized_tags(tags: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+/// Tag values sorted and deduplicated, as Kuma's tag sets hold them.
+pub(crate) fn normalized_tags(
+    tags: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
     tags.iter()
         .map(|(name, values)| {
             let mut values = values.clone();
@@ -291,6 +297,8 @@ pub fn verify(
                 mesh: mesh.to_string(),
             })?;
 
+    // `header.claims` is a prefix of the token (split at its first two dots), so the slice
+    // is in bounds.
     let signed_len = header_b64.len() + 1 + claims_b64.len();
     if !key.verify_rs256(&token.as_bytes()[..signed_len], &signature) {
         return Err(parse_error(JwtError::SignatureInvalid));
@@ -676,6 +684,15 @@ mod tests {
             verify_default(issue_a(&claims).as_str()).unwrap().jti,
             verified.jti
         );
+    }
+
+    #[test]
+    fn absurd_validity_is_an_error() {
+        let err = issue(&KEY_A, 1, &mesh_claims("m"), Duration::MAX, NOW).unwrap_err();
+        assert!(matches!(err, TokenError::TimeOutOfRange), "{err:?}");
+        let far = Duration::from_secs(20_000 * 365 * 24 * 3600);
+        let err = issue(&KEY_A, 1, &mesh_claims("m"), far, NOW).unwrap_err();
+        assert!(matches!(err, TokenError::TimeOutOfRange), "{err:?}");
     }
 
     #[test]

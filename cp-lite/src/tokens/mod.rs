@@ -115,9 +115,9 @@ pub enum TokenError {
     /// The token header or claims could not be serialized.
     #[error("could not encode the token: {0}")]
     Encoding(#[source] serde_json::Error),
-    /// `now + validFor` is past the last representable date.
-    #[error("validFor is too long")]
-    ValidityTooLong,
+    /// `now - 5s` or `now + validFor` is outside the representable dates.
+    #[error("token validity is outside the representable time range")]
+    TimeOutOfRange,
 
     /// The token has no `kid` header.
     #[error("JWT token must have kid header")]
@@ -237,7 +237,7 @@ impl TokenError {
                 | TokenError::InvalidKeyEncoding(_)
                 | TokenError::Signing
                 | TokenError::Encoding(_)
-                | TokenError::ValidityTooLong
+                | TokenError::TimeOutOfRange
         )
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::go_text;
-use super::jwt::DataplaneClaims;
+use super::jwt::{DataplaneClaims, normalized_tags};
 use crate::resources::ValidationError;
 
 /// Validity of a token requested without `validFor`: 10 years, Kuma's backwards-compatible
@@ -82,20 +82,10 @@ impl TokenRequest {
             );
         }
         errors.into_result()?;
-        let tags = self
-            .tags
-            .iter()
-            .map(|(name, values)| {
-                let mut values = values.clone();
-                values.sort();
-                values.dedup();
-                (name.clone(), values)
-            })
-            .collect();
         let claims = DataplaneClaims {
             name: self.name.clone(),
             mesh: self.mesh.clone(),
-            tags,
+            tags: normalized_tags(&self.tags),
             proxy_type: self.proxy_type.clone(),
             workload: self.workload.clone(),
         };

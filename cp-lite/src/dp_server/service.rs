@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::auth::{self, Subject};
 use super::insight::{self, WhenMissing};
@@ -77,10 +77,9 @@ impl DpService {
 
 impl Shared {
     pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, Status> {
-        self.snapshots
-            .current()
-            .await
-            .map_err(|e| Status::unavailable(format!("could not read the store: {e}")))
+        self.snapshots.current().await.map_err(|e| {
+            Status::unavailable(format!("could not read the store: {}", error_chain(&e)))
+        })
     }
 
     /// Authenticates a call about Dataplane `mesh`/`name` (KUMA-FACTS 2.7 steps 1, 2, 4, 5).
@@ -113,7 +112,10 @@ impl Shared {
                     now,
                     self.in_memory_store,
                 )
-                .map_err(auth::unauthenticated)?;
+                .map_err(|error| {
+                    debug!(%mesh, %name, %error, "authentication failed");
+                    auth::unauthenticated(error)
+                })?;
                 Some((token.to_string(), verified))
             }
             None => None,

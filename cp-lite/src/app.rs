@@ -75,7 +75,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Contro
 
     let api_listener = bind(
         "API server",
-        SocketAddr::new(config.api_server_http_interface, config.api_server_http_port),
+        SocketAddr::new(
+            config.api_server_http_interface,
+            config.api_server_http_port,
+        ),
     )
     .await?;
     let admin_listener = bind(

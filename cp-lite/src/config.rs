@@ -32,7 +32,11 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The `cp-lite` command line.
 #[derive(Debug, Parser)]
-#[command(name = "cp-lite", version, about = "A thin Kuma-compatible control plane")]
+#[command(
+    name = "cp-lite",
+    version,
+    about = "A thin Kuma-compatible control plane"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -142,9 +146,10 @@ impl Config {
 impl RunArgs {
     /// Checks the flags and resolves defaults that depend on the environment (`$HOME`).
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let store_type = self.store_type.parse::<StoreType>().map_err(|e| {
-            ConfigError(format!("--store-type (KUMA_STORE_TYPE): {e}"))
-        })?;
+        let store_type = self
+            .store_type
+            .parse::<StoreType>()
+            .map_err(|e| ConfigError(format!("--store-type (KUMA_STORE_TYPE): {e}")))?;
         let dp_server_tls = match (self.dp_server_tls_cert_file, self.dp_server_tls_key_file) {
             (Some(cert_file), Some(key_file)) => Some(TlsFiles {
                 cert_file,

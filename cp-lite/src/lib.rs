@@ -5,8 +5,8 @@
 //! of what concerns it. It knows nothing about Envoy. See `ARCHITECTURE.md` at the repository root.
 
 pub mod admin;
-pub mod app;
 pub mod api;
+pub mod app;
 pub mod ca;
 pub mod config;
 pub mod dp_server;

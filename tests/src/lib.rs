@@ -4,6 +4,9 @@
 //! The binaries are looked up next to the test executable (`target/<profile>/`); `make test`
 //! builds them first with `cargo build --workspace --bins`.
 
+// A test harness: a broken invariant here is a test failure, reported by the panic.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,8 +93,14 @@ impl CpLite {
         let mut child = command.spawn().context("spawning cp-lite")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -121,10 +130,23 @@ impl CpLite {
             let logs = cp.logs.lock().expect("log lock");
             let find = |server: &str| {
                 logs.iter()
-                    .filter(|l| l.contains("listening") && l.contains(&format!("server=\"{server}\"")))
-                    .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
+                    .filter(|l| {
+                        l.contains("listening") && l.contains(&format!("server=\"{server}\""))
+                    })
+                    .find_map(|l| {
+                        l.split("address=")
+                            .nth(1)?
+                            .split_whitespace()
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
             };
-            Some(Ok((find("API server")?, find("admin server")?, find("DP server")?)))
+            Some(Ok((
+                find("API server")?,
+                find("admin server")?,
+                find("DP server")?,
+            )))
         });
         match addresses {
             Some(Ok((api, admin, dp))) => {
@@ -172,7 +194,11 @@ impl CpLite {
     /// Stops and starts again on the same data directory (new ports).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let started = CpLite::start_with_env(&self.data_dir, &env)?;
         *self = started;
         Ok(())
@@ -243,7 +269,11 @@ impl Kumactl {
             .arg("--config-file")
             .arg(&self.config_file)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().context("spawning kumactl")?;
@@ -283,7 +313,10 @@ impl Kumactl {
 
 /// Runs `openssl` with `args`, returning stdout+stderr and whether it succeeded.
 pub fn openssl(args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new("openssl").args(args).output().context("running openssl")?;
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl")?;
     Ok((
         out.status.success(),
         format!(
@@ -352,7 +385,10 @@ pub mod dp {
             resource: yaml.to_string(),
             agent_version: "test".to_string(),
         };
-        client.register(with_token(request, token)).await.map(|_| ())
+        client
+            .register(with_token(request, token))
+            .await
+            .map(|_| ())
     }
 
     /// Sends a CSR for signing.

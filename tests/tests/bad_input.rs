@@ -1,6 +1,9 @@
 //! Bad input through the real binaries: each is refused with a text naming the field and the
 //! reason, and nothing stored changes.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -53,10 +56,16 @@ fn fixture() -> Fixture {
 }
 
 fn refused(kumactl: &Kumactl, yaml: &str, expected: &[&str]) {
-    let out = kumactl.run_with_stdin(&["apply", "-f", "-"], Some(yaml)).unwrap();
+    let out = kumactl
+        .run_with_stdin(&["apply", "-f", "-"], Some(yaml))
+        .unwrap();
     assert!(!out.success, "applied although invalid:\n{yaml}");
     for text in expected {
-        assert!(out.all().contains(text), "missing {text:?} in:\n{}", out.all());
+        assert!(
+            out.all().contains(text),
+            "missing {text:?} in:\n{}",
+            out.all()
+        );
     }
 }
 
@@ -75,7 +84,10 @@ fn invalid_yaml_unknown_kinds_and_invalid_meshes_are_refused_and_change_nothing(
     refused(
         &f.kumactl,
         "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n  - name: ca-1\n    type: builtin\n",
-        &["mtls.backends[1].name", "\"ca-1\" name is already used for another backend"],
+        &[
+            "mtls.backends[1].name",
+            "\"ca-1\" name is already used for another backend",
+        ],
     );
     refused(
         &f.kumactl,
@@ -90,12 +102,17 @@ fn invalid_yaml_unknown_kinds_and_invalid_meshes_are_refused_and_change_nothing(
     refused(
         &f.kumactl,
         "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n",
-        &["mtls.backends[0].conf.cert: has to be defined", "mtls.backends[0].conf.key: has to be defined"],
+        &[
+            "mtls.backends[0].conf.cert: has to be defined",
+            "mtls.backends[0].conf.key: has to be defined",
+        ],
     );
     refused(
         &f.kumactl,
         "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-2\n  backends:\n  - name: ca-1\n    type: builtin\n  - name: ca-2\n    type: builtin\n",
-        &["mtls.enabledBackend: Changing CA when mTLS is enabled is forbidden. Disable mTLS first and then change the CA"],
+        &[
+            "mtls.enabledBackend: Changing CA when mTLS is enabled is forbidden. Disable mTLS first and then change the CA",
+        ],
     );
     refused(
         &f.kumactl,
@@ -120,7 +137,13 @@ fn a_secret_in_use_by_a_backend_cannot_be_deleted() {
     let f = fixture();
     let out = f
         .kumactl
-        .run(&["delete", "secret", "default.ca-builtin-cert-ca-1", "-m", "default"])
+        .run(&[
+            "delete",
+            "secret",
+            "default.ca-builtin-cert-ca-1",
+            "-m",
+            "default",
+        ])
         .unwrap();
     assert!(!out.success);
     assert!(
@@ -138,7 +161,9 @@ fn a_secret_in_use_by_a_backend_cannot_be_deleted() {
 fn self_signed(ca: bool, usages: &[rcgen::KeyUsagePurpose]) -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
     params.is_ca = if ca {
         rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
     } else {
@@ -157,8 +182,17 @@ fn add_provided(f: &Fixture, cert: &str, key: &str) -> integration_tests::Kumact
     std::fs::write(&key_file, key).unwrap();
     f.kumactl
         .run(&[
-            "manage", "ca", "provided", "certificates", "add", "--mesh", "default", "--cert-file",
-            cert_file.to_str().unwrap(), "--key-file", key_file.to_str().unwrap(),
+            "manage",
+            "ca",
+            "provided",
+            "certificates",
+            "add",
+            "--mesh",
+            "default",
+            "--cert-file",
+            cert_file.to_str().unwrap(),
+            "--key-file",
+            key_file.to_str().unwrap(),
         ])
         .unwrap()
 }
@@ -177,7 +211,9 @@ fn provided_roots_that_break_a_rule_are_refused_with_kumas_format() {
     let issuer = rcgen::Issuer::new(root_params, &root_key);
     let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut int_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    int_params.distinguished_name.push(rcgen::DnType::CommonName, "intermediate");
+    int_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "intermediate");
     int_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     int_params.key_usages = vec![KeyCertSign, CrlSign];
     let intermediate = int_params.signed_by(&int_key, &issuer).unwrap();
@@ -185,32 +221,66 @@ fn provided_roots_that_break_a_rule_are_refused_with_kumas_format() {
     let out = add_provided(&f, &intermediate.pem(), &int_key.serialize_pem());
     assert!(!out.success);
     assert!(
-        out.all().contains("Error: Could not add signing cert (Resource is not valid)"),
+        out.all()
+            .contains("Error: Could not add signing cert (Resource is not valid)"),
         "{}",
         out.all()
     );
     assert!(
-        out.all().contains("* cert: certificate must be self-signed (intermediate CAs are not allowed)"),
+        out.all()
+            .contains("* cert: certificate must be self-signed (intermediate CAs are not allowed)"),
         "{}",
         out.all()
     );
 
     let cases: [(bool, Vec<rcgen::KeyUsagePurpose>, &str); 5] = [
-        (false, vec![KeyCertSign], "* cert: basic constraint 'CA' must be set to 'true' (see X509-SVID: 4.1. Basic Constraints)"),
-        (true, vec![CrlSign], "* cert: key usage extension 'keyCertSign' must be set (see X509-SVID: 4.3. Key Usage)"),
-        (true, vec![KeyCertSign, DigitalSignature], "* cert: key usage extension 'digitalSignature' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)"),
-        (true, vec![KeyCertSign, KeyAgreement], "* cert: key usage extension 'keyAgreement' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)"),
-        (true, vec![KeyCertSign, KeyEncipherment], "* cert: key usage extension 'keyEncipherment' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)"),
+        (
+            false,
+            vec![KeyCertSign],
+            "* cert: basic constraint 'CA' must be set to 'true' (see X509-SVID: 4.1. Basic Constraints)",
+        ),
+        (
+            true,
+            vec![CrlSign],
+            "* cert: key usage extension 'keyCertSign' must be set (see X509-SVID: 4.3. Key Usage)",
+        ),
+        (
+            true,
+            vec![KeyCertSign, DigitalSignature],
+            "* cert: key usage extension 'digitalSignature' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)",
+        ),
+        (
+            true,
+            vec![KeyCertSign, KeyAgreement],
+            "* cert: key usage extension 'keyAgreement' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)",
+        ),
+        (
+            true,
+            vec![KeyCertSign, KeyEncipherment],
+            "* cert: key usage extension 'keyEncipherment' must NOT be set (see X509-SVID: Appendix A. X.509 Field Reference)",
+        ),
     ];
     for (ca, usages, expected) in cases {
         let (cert, key) = self_signed(ca, &usages);
         let out = add_provided(&f, &cert, &key);
         assert!(!out.success, "accepted: {expected}");
-        assert!(out.all().contains(expected), "missing {expected:?} in {}", out.all());
+        assert!(
+            out.all().contains(expected),
+            "missing {expected:?} in {}",
+            out.all()
+        );
     }
     let list = f
         .kumactl
-        .run(&["manage", "ca", "provided", "certificates", "list", "--mesh", "default"])
+        .run(&[
+            "manage",
+            "ca",
+            "provided",
+            "certificates",
+            "list",
+            "--mesh",
+            "default",
+        ])
         .unwrap();
     assert!(list.success, "{}", list.all());
 
@@ -239,12 +309,20 @@ fn csr(sans: &[&str]) -> Vec<u8> {
     params.serialize_request(&key).unwrap().der().to_vec()
 }
 
-fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, text: &str) {
+fn assert_status(
+    result: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    text: &str,
+) {
     match result {
         Ok(value) => panic!("accepted, expected {text:?}: {value:?}"),
         Err(status) => {
             assert_eq!(status.code(), code, "{status:?}");
-            assert!(status.message().contains(text), "missing {text:?} in {:?}", status.message());
+            assert!(
+                status.message().contains(text),
+                "missing {text:?} in {:?}",
+                status.message()
+            );
         }
     }
 }
@@ -257,13 +335,30 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
         .unwrap();
     let good = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1h"]);
     let foreign = generate_token(&f.kumactl, &["--mesh", "other", "--valid-for", "1h"]);
-    let wrong_name = generate_token(&f.kumactl, &["--mesh", "default", "--name", "dp-2", "--valid-for", "1h"]);
-    let wrong_tag = generate_token(&f.kumactl, &["--mesh", "default", "--tag", "kuma.io/service=backend", "--valid-for", "1h"]);
+    let wrong_name = generate_token(
+        &f.kumactl,
+        &["--mesh", "default", "--name", "dp-2", "--valid-for", "1h"],
+    );
+    let wrong_tag = generate_token(
+        &f.kumactl,
+        &[
+            "--mesh",
+            "default",
+            "--tag",
+            "kuma.io/service=backend",
+            "--valid-for",
+            "1h",
+        ],
+    );
     let short = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1s"]);
     let revoked = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1h"]);
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[1]).unwrap();
-    let forged = String::from_utf8(payload).unwrap().replace("\"Mesh\":\"default\"", "\"Mesh\":\"other\"");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&parts[1])
+        .unwrap();
+    let forged = String::from_utf8(payload)
+        .unwrap()
+        .replace("\"Mesh\":\"default\"", "\"Mesh\":\"other\"");
     parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
     let tampered = parts.join(".");
 
@@ -361,10 +456,36 @@ fn oversized_and_unparseable_http_bodies_are_refused() {
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let url = format!("{}/meshes/huge", f.cp.api_url());
-        let body = format!("{{\"type\":\"Mesh\",\"name\":\"huge\",\"x\":\"{}\"}}", "a".repeat(2 << 20));
-        let response = client.put(&url).header("content-type", "application/json").body(body).send().await.unwrap();
-        assert_eq!(response.status(), 413);
-        let response = client.put(&url).header("content-type", "application/json").body("{not json").send().await.unwrap();
+        // The server answers 413 from the Content-Length alone, before reading the body (and
+        // may close the connection while a client is still sending), so this request announces
+        // 2 MiB and sends none of it.
+        let address = f.cp.api;
+        let status_line = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                stream,
+                "PUT /meshes/huge HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                2 << 20
+            )
+            .unwrap();
+            let mut response = [0u8; 64];
+            let n = stream.read(&mut response).unwrap();
+            String::from_utf8_lossy(&response[..n]).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+        let response = client
+            .put(&url)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400);
         let response = client
             .post(format!("{}/tokens/dataplane", f.cp.api_url()))
@@ -383,7 +504,10 @@ fn oversized_and_unparseable_http_bodies_are_refused() {
         assert_eq!(response.status(), 400);
         let problem: serde_json::Value = response.json().await.unwrap();
         assert_eq!(problem["causes"][0]["field"], "mesh", "{problem}");
-        assert_eq!(problem["causes"][0]["message"], "cannot be empty", "{problem}");
+        assert_eq!(
+            problem["causes"][0]["message"], "cannot be empty",
+            "{problem}"
+        );
     });
     let meshes = f.kumactl.get_json(&["meshes"]).unwrap();
     assert_eq!(meshes["total"], 1, "{meshes}");

@@ -2,6 +2,9 @@
 //! openssl against the signing key's public half, and a leaf signed over the real gRPC+TLS DP
 //! server passes `openssl verify` against the mesh CA.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use base64::Engine as _;
 use integration_tests::{CpLite, Kumactl, dp, openssl};
 
@@ -40,7 +43,10 @@ fn generate_token(kumactl: &Kumactl, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let out = kumactl.run(&all).unwrap();
     assert!(out.success, "{}", out.all());
-    assert!(!out.stdout.ends_with('\n'), "the token is printed without a newline");
+    assert!(
+        !out.stdout.ends_with('\n'),
+        "the token is printed without a newline"
+    );
     out.stdout
 }
 
@@ -52,7 +58,16 @@ fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
     kumactl.apply(MESH).unwrap();
     let token = generate_token(
         &kumactl,
-        &["--name", "dp-1", "--mesh", "default", "--tag", "kuma.io/service=web,web-api", "--valid-for", "24h"],
+        &[
+            "--name",
+            "dp-1",
+            "--mesh",
+            "default",
+            "--tag",
+            "kuma.io/service=web,web-api",
+            "--valid-for",
+            "24h",
+        ],
     );
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "{token}");
@@ -62,18 +77,33 @@ fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
     let claims: serde_json::Value = serde_json::from_slice(&b64url(parts[1])).unwrap();
     assert_eq!(claims["Name"], "dp-1");
     assert_eq!(claims["Mesh"], "default");
-    assert_eq!(claims["Tags"]["kuma.io/service"], serde_json::json!(["web", "web-api"]));
+    assert_eq!(
+        claims["Tags"]["kuma.io/service"],
+        serde_json::json!(["web", "web-api"])
+    );
     assert_eq!(claims["Type"], "");
     assert_eq!(claims["Workload"], "");
-    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
     assert_eq!(claims["nbf"].as_i64().unwrap(), iat);
-    assert_eq!(exp - iat, 24 * 3600 + 5, "exp = now + validFor, iat = now - 5s");
+    assert_eq!(
+        exp - iat,
+        24 * 3600 + 5,
+        "exp = now + validFor, iat = now - 5s"
+    );
     assert_eq!(claims["jti"].as_str().unwrap().len(), 36);
 
     // The signing key is a Secret of the mesh; openssl checks the RS256 signature with its
     // public half.
     let secret = kumactl
-        .get_json(&["secret", "dataplane-token-signing-key-default-1", "-m", "default"])
+        .get_json(&[
+            "secret",
+            "dataplane-token-signing-key-default-1",
+            "-m",
+            "default",
+        ])
         .unwrap();
     let key_pem = base64::engine::general_purpose::STANDARD
         .decode(secret["data"].as_str().unwrap())
@@ -87,10 +117,24 @@ fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
     std::fs::write(&signed, format!("{}.{}", parts[0], parts[1])).unwrap();
     std::fs::write(&signature, b64url(parts[2])).unwrap();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (ok, text) = openssl(&["pkey", "-in", &path(&key), "-pubout", "-out", &path(&public)]).unwrap();
+    let (ok, text) = openssl(&[
+        "pkey",
+        "-in",
+        &path(&key),
+        "-pubout",
+        "-out",
+        &path(&public),
+    ])
+    .unwrap();
     assert!(ok, "{text}");
     let (ok, text) = openssl(&[
-        "dgst", "-sha256", "-verify", &path(&public), "-signature", &path(&signature), &path(&signed),
+        "dgst",
+        "-sha256",
+        "-verify",
+        &path(&public),
+        "-signature",
+        &path(&signature),
+        &path(&signed),
     ])
     .unwrap();
     assert!(ok && text.contains("Verified OK"), "{text}");
@@ -98,7 +142,13 @@ fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
     // A tampered payload does not verify.
     std::fs::write(&signed, format!("{}.{}x", parts[0], parts[1])).unwrap();
     let (ok, _) = openssl(&[
-        "dgst", "-sha256", "-verify", &path(&public), "-signature", &path(&signature), &path(&signed),
+        "dgst",
+        "-sha256",
+        "-verify",
+        &path(&public),
+        "-signature",
+        &path(&signature),
+        &path(&signed),
     ])
     .unwrap();
     assert!(!ok);
@@ -142,7 +192,10 @@ fn a_signed_leaf_passes_openssl_verify_against_the_mesh_ca() {
     let cp = CpLite::start(&data).unwrap();
     let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
     kumactl.apply(MESH).unwrap();
-    let token = generate_token(&kumactl, &["--name", "dp-1", "--mesh", "default", "--valid-for", "1h"]);
+    let token = generate_token(
+        &kumactl,
+        &["--name", "dp-1", "--mesh", "default", "--valid-for", "1h"],
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let response = runtime.block_on(async {
@@ -180,7 +233,10 @@ fn a_signed_leaf_passes_openssl_verify_against_the_mesh_ca() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     let (ok, text) = openssl(&[
-        "verify", "-CAfile", root.to_str().unwrap(), leaf.to_str().unwrap(),
+        "verify",
+        "-CAfile",
+        root.to_str().unwrap(),
+        leaf.to_str().unwrap(),
     ])
     .unwrap();
     assert!(ok && text.contains("OK"), "{text}");

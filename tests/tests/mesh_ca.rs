@@ -1,6 +1,9 @@
 //! Meshes in both mTLS schemas and both YAML forms, through the real kumactl and cp-lite: CA
 //! secrets are created once, have Kuma's fields, and survive a restart unchanged.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use integration_tests::{CpLite, Kumactl, openssl};
 
 const UNIVERSAL_CURRENT: &str = "
@@ -74,10 +77,20 @@ fn both_schemas_and_forms_create_builtin_cas_that_survive_a_restart() {
     let mut cp = CpLite::start(&dir.path().join("data")).unwrap();
     let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
 
-    for yaml in [UNIVERSAL_CURRENT, KUBERNETES_CURRENT, UNIVERSAL_LEGACY, KUBERNETES_LEGACY] {
+    for yaml in [
+        UNIVERSAL_CURRENT,
+        KUBERNETES_CURRENT,
+        UNIVERSAL_LEGACY,
+        KUBERNETES_LEGACY,
+    ] {
         kumactl.apply(yaml).unwrap();
     }
-    let expected = [("m1", "ca-1"), ("m2", "ca-1"), ("m3", "builtin"), ("m4", "builtin")];
+    let expected = [
+        ("m1", "ca-1"),
+        ("m2", "ca-1"),
+        ("m3", "builtin"),
+        ("m4", "builtin"),
+    ];
     let mut before = Vec::new();
     for (mesh, backend) in expected {
         let json = kumactl.get_json(&["mesh", mesh]).unwrap();
@@ -93,14 +106,28 @@ fn both_schemas_and_forms_create_builtin_cas_that_survive_a_restart() {
     let (mesh, _, cert, key) = &before[0];
     let cert_path = dir.path().join("root.pem");
     std::fs::write(&cert_path, decode(cert)).unwrap();
-    let (ok, text) = openssl(&["x509", "-in", cert_path.to_str().unwrap(), "-noout", "-text"]).unwrap();
+    let (ok, text) = openssl(&[
+        "x509",
+        "-in",
+        cert_path.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ])
+    .unwrap();
     assert!(ok, "{text}");
-    assert!(text.contains(&format!("O=Kuma, OU=Mesh, CN={mesh}")), "{text}");
+    assert!(
+        text.contains(&format!("Subject: O = Kuma, OU = Mesh, CN = {mesh}")),
+        "{text}"
+    );
     assert!(text.contains(&format!("URI:spiffe://{mesh}")), "{text}");
     assert!(text.contains("CA:TRUE"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
-    assert!(String::from_utf8(decode(key)).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+    assert!(
+        String::from_utf8(decode(key))
+            .unwrap()
+            .contains("BEGIN RSA PRIVATE KEY")
+    );
 
     // Applying again and restarting changes nothing.
     kumactl.apply(UNIVERSAL_CURRENT).unwrap();
@@ -135,7 +162,11 @@ fn table_output_lists_meshes_and_secrets() {
     assert!(out.stdout.contains("m1"), "{}", out.stdout);
     assert!(out.stdout.contains("builtin/ca-1"), "{}", out.stdout);
     let out = kumactl.run(&["get", "secrets", "-m", "m1"]).unwrap();
-    assert!(out.stdout.contains("m1.ca-builtin-cert-ca-1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("m1.ca-builtin-cert-ca-1"),
+        "{}",
+        out.stdout
+    );
     let out = kumactl.run(&["delete", "mesh", "m1"]).unwrap();
     assert!(out.success, "{}", out.all());
     assert!(out.stdout.contains("deleted Mesh \"m1\""), "{}", out.stdout);

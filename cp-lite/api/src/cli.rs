@@ -90,7 +90,9 @@ mod tests {
 
     #[test]
     fn a_set_variable_removes_its_flag() {
-        let args = ["bin", "--port", "1234", "--name=y"].map(OsString::from).to_vec();
+        let args = ["bin", "--port", "1234", "--name=y"]
+            .map(OsString::from)
+            .to_vec();
         let env = |name: &str| (name == "TEST_CLI_PORT").then(|| OsString::from("7"));
         let stripped = strip_overridden_flags(&Cli::command(), args, &env);
         assert_eq!(stripped, ["bin", "--name=y"].map(OsString::from));

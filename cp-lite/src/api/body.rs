@@ -18,14 +18,19 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Refuse an announced oversized body at once, without waiting for (or reading) it.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(LimitedBody(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request body too large",
-                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-                ))
+                Err(too_large())
             }
             Err(rejection) => Err(Problem::new(
                 rejection.status(),
@@ -34,4 +39,12 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
             )),
         }
     }
+}
+
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body too large",
+        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }

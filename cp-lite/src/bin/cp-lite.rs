@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use cp_lite::app;
 use cp_lite::config::{self, Cli, Command};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +12,8 @@ use tracing_subscriber::EnvFilter;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli: Cli = match config::parse_env_wins(std::env::args_os(), |name| std::env::var_os(name)) {
+    let cli: Cli = match config::parse_env_wins(std::env::args_os(), |name| std::env::var_os(name))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

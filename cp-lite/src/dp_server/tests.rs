@@ -85,7 +85,7 @@ impl Harness {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let manager = ResourceManager::new(store);
         let work_dir = tempfile::tempdir().unwrap();
-        let tls = tls::load_or_generate(work_dir.path(), None, None).unwrap();
+        let tls = tls::load_or_generate(work_dir.path(), None, None, &[]).unwrap();
         let ca_pem = std::fs::read(work_dir.path().join(tls::CA_FILE_NAME)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -24,17 +24,20 @@ pub const CA_FILE_NAME: &str = "dp-server-ca.pem";
 
 /// Loads the DP server certificate from files, or generates one on first run and persists it in
 /// the work dir (`dp-server.crt`, `dp-server.key` 0600) and writes the CA to
-/// `<work dir>/dp-server-ca.pem`. TLS 1.2 and 1.3, ALPN `h2`.
+/// `<work dir>/dp-server-ca.pem`. A generated certificate names localhost, the loopback
+/// addresses, the machine's host name and `hostnames` (the advertised host name). TLS 1.2 and
+/// 1.3, ALPN `h2`.
 pub fn load_or_generate(
     work_dir: &Path,
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
+    hostnames: &[String],
 ) -> Result<Arc<ServerConfig>, DpServerError> {
     let (cert_chain, key) = match (cert_file, key_file) {
         (Some(cert_file), Some(key_file)) => {
             (read_cert_chain(cert_file)?, read_private_key(key_file)?)
         }
-        (None, None) => generated_identity(work_dir)?,
+        (None, None) => generated_identity(work_dir, hostnames)?,
         _ => return Err(DpServerError::IncompleteTlsFiles),
     };
     server_config(cert_chain, key)
@@ -60,6 +63,7 @@ pub fn server_config(
 /// Reuses the certificate generated on an earlier run, or generates and persists a new one.
 fn generated_identity(
     work_dir: &Path,
+    extra_hostnames: &[String],
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), DpServerError> {
     let cert_path = work_dir.join(CERT_FILE_NAME);
     let key_path = work_dir.join(KEY_FILE_NAME);
@@ -67,7 +71,7 @@ fn generated_identity(
         return Ok((read_cert_chain(&cert_path)?, read_private_key(&key_path)?));
     }
 
-    let mut hostnames = Vec::new();
+    let mut hostnames = extra_hostnames.to_vec();
     if let Some(hostname) = machine_hostname() {
         hostnames.push(hostname);
     }
@@ -179,7 +183,7 @@ mod tests {
     #[test]
     fn generates_once_then_reuses() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_generate(dir.path(), None, None).unwrap();
+        load_or_generate(dir.path(), None, None, &[]).unwrap();
         let cert = fs::read(dir.path().join(CERT_FILE_NAME)).unwrap();
         let key_mode = fs::metadata(dir.path().join(KEY_FILE_NAME))
             .unwrap()
@@ -208,7 +212,7 @@ mod tests {
             assert!(sans.contains(&format!("DNSName({hostname})")), "{sans:?}");
         }
 
-        load_or_generate(dir.path(), None, None).unwrap();
+        load_or_generate(dir.path(), None, None, &[]).unwrap();
         assert_eq!(fs::read(dir.path().join(CERT_FILE_NAME)).unwrap(), cert);
     }
 
@@ -222,7 +226,7 @@ mod tests {
         let key_file = dir.path().join("key.pem");
         fs::write(&cert_file, &generated.cert_pem).unwrap();
         fs::write(&key_file, generated.key_pem.expose()).unwrap();
-        let config = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file)).unwrap();
+        let config = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file), &[]).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         // Nothing is generated when files are given.
         assert!(!dir.path().join(CERT_FILE_NAME).exists());
@@ -234,7 +238,7 @@ mod tests {
         let missing = dir.path().join("missing.crt");
         let key_file = dir.path().join("key.pem");
         fs::write(&key_file, "not a key").unwrap();
-        let err = load_or_generate(dir.path(), Some(&missing), Some(&key_file)).unwrap_err();
+        let err = load_or_generate(dir.path(), Some(&missing), Some(&key_file), &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("could not read DP server TLS certificate file {missing:?}")
@@ -242,7 +246,7 @@ mod tests {
 
         let cert_file = dir.path().join("cert.pem");
         fs::write(&cert_file, "garbage").unwrap();
-        let err = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file)).unwrap_err();
+        let err = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file), &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -250,7 +254,7 @@ mod tests {
             )
         );
 
-        let err = load_or_generate(dir.path(), Some(&cert_file), None).unwrap_err();
+        let err = load_or_generate(dir.path(), Some(&cert_file), None, &[]).unwrap_err();
         assert!(matches!(err, DpServerError::IncompleteTlsFiles));
     }
 
@@ -264,7 +268,7 @@ mod tests {
         let key_file = dir.path().join("key.pem");
         fs::write(&cert_file, &one.cert_pem).unwrap();
         fs::write(&key_file, other.key_pem.expose()).unwrap();
-        let err = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file)).unwrap_err();
+        let err = load_or_generate(dir.path(), Some(&cert_file), Some(&key_file), &[]).unwrap_err();
         assert!(matches!(err, DpServerError::TlsConfig(_)), "{err:?}");
     }
 }

@@ -32,10 +32,15 @@ fn main() -> Result<()> {
     let raw_rsa = raw_per_second(&rsa, &csrs)?;
     println!("csr_sign_raw_rsa_per_s: {raw_rsa:.0} signings/s");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cp = CpLite::start_with_env(&data, &[("KUMA_STORE_TYPE", "memory"), ("KUMA_LOG_LEVEL", "warn")])?;
+    let cp = CpLite::start_with_env(
+        &data,
+        &[("KUMA_STORE_TYPE", "memory"), ("KUMA_LOG_LEVEL", "warn")],
+    )?;
     runtime.block_on(async {
         let (rate, p99) = end_to_end(&cp, &data, "p256", &p256, &csrs).await?;
         println!("csr_sign_e2e_per_s: {rate:.0} signings/s");
@@ -59,9 +64,14 @@ struct Ca {
 fn p256_ca() -> Result<Ca> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "bench P-256 CA");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench P-256 CA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     let cert = params.self_signed(&key)?;
     Ok(Ca {
         cert_pem: cert.pem(),
@@ -95,17 +105,29 @@ fn build_csrs() -> Result<Vec<Vec<u8>>> {
 
 /// Token verify + CSR verify + leaf sign on every core for [`MEASURE`].
 fn raw_per_second(ca: &Ca, csrs: &Arc<Vec<Vec<u8>>>) -> Result<f64> {
-    let issuer = Arc::new(Issuer::from_pem(ca.cert_pem.as_bytes(), ca.key_pem.as_bytes())?);
+    let issuer = Arc::new(Issuer::from_pem(
+        ca.cert_pem.as_bytes(),
+        ca.key_pem.as_bytes(),
+    )?);
     let signing_key = SigningKey::generate()?;
     let claims = DataplaneClaims {
         name: "dp-1".to_string(),
         mesh: "default".to_string(),
         ..DataplaneClaims::default()
     };
-    let token = tokens::issue(&signing_key, 1, &claims, Duration::from_secs(3600), OffsetDateTime::now_utc())?;
+    let token = tokens::issue(
+        &signing_key,
+        1,
+        &claims,
+        Duration::from_secs(3600),
+        OffsetDateTime::now_utc(),
+    )?;
     let token = Arc::new(token.as_str().to_string());
     let verification = signing_key.verification_key();
-    let identities = Arc::new(vec!["spiffe://default/web".to_string(), "kuma://kuma.io/service/web".to_string()]);
+    let identities = Arc::new(vec![
+        "spiffe://default/web".to_string(),
+        "kuma://kuma.io/service/web".to_string(),
+    ]);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
@@ -127,7 +149,12 @@ fn raw_per_second(ca: &Ca, csrs: &Arc<Vec<Vec<u8>>>) -> Result<f64> {
                 let now = OffsetDateTime::now_utc();
                 let keys = |kid: u32| (kid == 1).then(|| verification.clone());
                 tokens::verify(&token, "default", &keys, &revoked, now, false)?;
-                issuer.sign_csr(&csrs[i % csrs.len()], &identities, Duration::from_secs(3600), now)?;
+                issuer.sign_csr(
+                    &csrs[i % csrs.len()],
+                    &identities,
+                    Duration::from_secs(3600),
+                    now,
+                )?;
                 count.fetch_add(1, Ordering::Relaxed);
                 i += threads;
             }
@@ -139,14 +166,22 @@ fn raw_per_second(ca: &Ca, csrs: &Arc<Vec<Vec<u8>>>) -> Result<f64> {
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
     for handle in handles {
-        handle.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
     }
     Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
 
 /// Sets up mesh `mesh` with `ca` as its provided CA, then runs [`CLIENTS`] concurrent clients
 /// for [`MEASURE`]; returns signings per second and the p99 latency in milliseconds.
-async fn end_to_end(cp: &CpLite, data: &std::path::Path, mesh: &str, ca: &Ca, csrs: &Arc<Vec<Vec<u8>>>) -> Result<(f64, f64)> {
+async fn end_to_end(
+    cp: &CpLite,
+    data: &std::path::Path,
+    mesh: &str,
+    ca: &Ca,
+    csrs: &Arc<Vec<Vec<u8>>>,
+) -> Result<(f64, f64)> {
     let http = reqwest::Client::new();
     let api = cp.api_url();
     let put = |url: String, body: serde_json::Value| {
@@ -154,14 +189,22 @@ async fn end_to_end(cp: &CpLite, data: &std::path::Path, mesh: &str, ca: &Ca, cs
         async move {
             let response = http.put(&url).json(&body).send().await?;
             if !response.status().is_success() {
-                bail!("PUT {url}: {} {}", response.status(), response.text().await?);
+                bail!(
+                    "PUT {url}: {} {}",
+                    response.status(),
+                    response.text().await?
+                );
             }
             anyhow::Ok(())
         }
     };
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    put(format!("{api}/meshes/{mesh}"), serde_json::json!({"type": "Mesh", "name": mesh})).await?;
+    put(
+        format!("{api}/meshes/{mesh}"),
+        serde_json::json!({"type": "Mesh", "name": mesh}),
+    )
+    .await?;
     put(
         format!("{api}/meshes/{mesh}/secrets/ca-cert"),
         serde_json::json!({"type": "Secret", "mesh": mesh, "name": "ca-cert", "data": b64(&ca.cert_pem)}),
@@ -193,7 +236,9 @@ async fn end_to_end(cp: &CpLite, data: &std::path::Path, mesh: &str, ca: &Ca, cs
     );
     let mut client = dp::connect(data, cp.dp).await?;
     dp::register(&mut client, &token, mesh, "dp-1", &dataplane).await?;
-    dp::sign(&mut client, &token, mesh, "dp-1", csrs[0].clone()).await.context("first signing")?;
+    dp::sign(&mut client, &token, mesh, "dp-1", csrs[0].clone())
+        .await
+        .context("first signing")?;
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
@@ -209,7 +254,14 @@ async fn end_to_end(cp: &CpLite, data: &std::path::Path, mesh: &str, ca: &Ca, cs
             let mut i = n;
             while Instant::now() < deadline {
                 let began = Instant::now();
-                dp::sign(&mut client, &token, &mesh, "dp-1", csrs[i % csrs.len()].clone()).await?;
+                dp::sign(
+                    &mut client,
+                    &token,
+                    &mesh,
+                    "dp-1",
+                    csrs[i % csrs.len()].clone(),
+                )
+                .await?;
                 latencies.push(began.elapsed());
                 i += CLIENTS;
             }
@@ -226,5 +278,8 @@ async fn end_to_end(cp: &CpLite, data: &std::path::Path, mesh: &str, ca: &Ca, cs
         .get(latencies.len() * 99 / 100)
         .copied()
         .unwrap_or_default();
-    Ok((latencies.len() as f64 / elapsed.as_secs_f64(), p99.as_secs_f64() * 1000.0))
+    Ok((
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        p99.as_secs_f64() * 1000.0,
+    ))
 }

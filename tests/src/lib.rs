@@ -257,6 +257,13 @@ impl Kumactl {
         Ok(kumactl)
     }
 
+    /// kumactl with an empty config file in `dir`, for commands that need no control plane.
+    pub fn unconfigured(dir: &Path) -> Kumactl {
+        Kumactl {
+            config_file: dir.join("kumactl-config"),
+        }
+    }
+
     /// Runs kumactl with `args`.
     pub fn run(&self, args: &[&str]) -> Result<KumactlOutput> {
         self.run_with_stdin(args, None)
@@ -334,7 +341,8 @@ pub mod dp {
     use anyhow::{Context, Result};
     use cp_lite_api::v1::dataplane_service_client::DataplaneServiceClient;
     use cp_lite_api::v1::{
-        DataplaneRef, RegisterRequest, SignCertificateRequest, SignCertificateResponse,
+        DataplaneRef, RegisterRequest, ReportCertificateRequest, SignCertificateRequest,
+        SignCertificateResponse,
     };
     use tonic::Request;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -407,5 +415,17 @@ pub mod dp {
             .sign_certificate(with_token(request, token))
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Reports the certificate an agent serves.
+    pub async fn report(
+        client: &mut Client,
+        token: &str,
+        report: ReportCertificateRequest,
+    ) -> Result<(), tonic::Status> {
+        client
+            .report_certificate(with_token(report, token))
+            .await
+            .map(|_| ())
     }
 }

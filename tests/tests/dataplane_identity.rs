@@ -251,3 +251,140 @@ fn a_signed_leaf_passes_openssl_verify_against_the_mesh_ca() {
     let (_, stored_der) = x509_parser::pem::parse_x509_pem(&stored_pem).unwrap();
     assert_eq!(stored_der.contents, response.trust_bundle_der[0]);
 }
+
+#[test]
+fn inspect_dataplanes_shows_the_reported_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = CpLite::start(&data).unwrap();
+    let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
+    kumactl.apply(MESH).unwrap();
+    let token = generate_token(&kumactl, &["--mesh", "default", "--valid-for", "1h"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = dp::connect(&data, cp.dp).await.unwrap();
+        dp::register(&mut client, &token, "default", "dp-1", DATAPLANE)
+            .await
+            .unwrap();
+        let report = cp_lite_api::v1::ReportCertificateRequest {
+            dataplane: dp::dataplane("default", "dp-1"),
+            // 2030-01-02 03:04:05 UTC
+            expiration_unix: 1_893_553_445,
+            generated_unix: 1_893_550_000,
+            regenerations: 3,
+            backend: "ca-1".to_string(),
+        };
+        dp::report(&mut client, &token, report).await.unwrap();
+    });
+    let out = kumactl.run(&["inspect", "dataplanes"]).unwrap();
+    assert!(out.success, "{}", out.all());
+    for expected in [
+        "CERT EXPIRATION",
+        "CERT REGENERATIONS",
+        "dp-1",
+        "2030-01-02 03:04:05",
+        "ca-1",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected:?} in:\n{}",
+            out.stdout
+        );
+    }
+    let row = out.stdout.lines().find(|l| l.contains("dp-1")).unwrap();
+    assert!(row.split_whitespace().any(|cell| cell == "3"), "{row}");
+    let json = kumactl
+        .run(&["inspect", "dataplanes", "-o", "json"])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let mtls = &json["items"][0]["dataplaneInsight"]["mTLS"];
+    assert_eq!(mtls["certificateRegenerations"], 3, "{json}");
+    assert_eq!(mtls["issuedBackend"], "ca-1", "{json}");
+}
+
+#[test]
+fn without_dataplane_tokens_any_agent_is_served_and_a_warning_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cp = CpLite::start_with_env(
+        &data,
+        &[("KUMA_ADMIN_SERVER_APIS_DATAPLANE_TOKEN_ENABLED", "false")],
+    )
+    .unwrap();
+    assert!(
+        cp.logs_text().contains("dataplane tokens are NOT checked"),
+        "{}",
+        cp.logs_text()
+    );
+    let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
+    kumactl.apply(MESH).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let response = runtime.block_on(async {
+        let mut client = dp::connect(&data, cp.dp).await.unwrap();
+        dp::register(&mut client, "", "default", "dp-1", DATAPLANE)
+            .await
+            .unwrap();
+        dp::sign(&mut client, "", "default", "dp-1", p256_csr(&[]))
+            .await
+            .unwrap()
+    });
+    assert_eq!(response.backend, "ca-1");
+}
+
+#[test]
+fn kumactl_generates_self_signed_tls_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let kumactl = Kumactl::unconfigured(dir.path());
+    let out = kumactl
+        .run(&[
+            "generate",
+            "tls-certificate",
+            "--type",
+            "server",
+            "--hostname",
+            "cp.example.com,127.0.0.1",
+            "--cert-file",
+            cert.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(out.success, "{}", out.all());
+    assert!(
+        out.stdout
+            .contains(&format!("Private key saved in {}", key.display())),
+        "{}",
+        out.stdout
+    );
+    let (ok, text) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]).unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("DNS:cp.example.com"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    let (ok, text) = openssl(&["rsa", "-in", key.to_str().unwrap(), "-check", "-noout"]).unwrap();
+    assert!(ok && text.contains("RSA key ok"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+
+    let out = kumactl
+        .run(&[
+            "generate",
+            "tls-certificate",
+            "--type",
+            "nope",
+            "--hostname",
+            "x",
+        ])
+        .unwrap();
+    assert!(!out.success);
+    assert!(
+        out.all().contains("invalid certificate type \"nope\""),
+        "{}",
+        out.all()
+    );
+}

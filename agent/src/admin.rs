@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::envoy::AdminClient;
 use crate::metrics::Metrics;
@@ -174,9 +175,10 @@ pub async fn serve(
                 }
             };
             if let Err(error) = result {
-                tracing::debug!(%error, %peer, "readiness connection ended with an error");
+                tracing::debug!(%error, "readiness connection ended with an error");
             }
-        });
+        }
+        .instrument(tracing::debug_span!("readiness_connection", %peer)));
     }
 }
 

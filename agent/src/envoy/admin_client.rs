@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 /// Upper bound on one admin call, connection included.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -226,11 +227,14 @@ async fn exchange(
         .map_err(http_error)?;
     // The connection task ends with the exchange: the sender is dropped when this function
     // returns (or its caller's timeout drops it).
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "Envoy admin connection ended with an error");
+    tokio::spawn(
+        async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "Envoy admin connection ended with an error");
+            }
         }
-    });
+        .instrument(tracing::debug_span!("envoy_admin_connection", %address)),
+    );
     let request = Request::builder()
         .method(method)
         .uri(path)

@@ -7,16 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::cli::DataplaneTokenArgs;
 use super::client::ApiClient;
 use super::duration::format_go_duration;
 use super::error::KumactlError;
-
-/// Kuma backdates `iat`/`nbf` by this much to tolerate clock skew.
-const BACKDATE: Duration = Duration::from_secs(5);
+use crate::tokens;
 
 /// A dataplane token; `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -165,27 +162,9 @@ pub async fn request_token(
     Ok(Token(reply.body))
 }
 
-/// Kuma's dataplane token claims (capitalised names, as Go encodes an untagged struct).
-#[derive(Debug, Serialize)]
-struct Claims<'a> {
-    #[serde(rename = "Name")]
-    name: &'a str,
-    #[serde(rename = "Mesh")]
-    mesh: &'a str,
-    #[serde(rename = "Tags")]
-    tags: &'a BTreeMap<String, Vec<String>>,
-    #[serde(rename = "Type")]
-    proxy_type: &'a str,
-    #[serde(rename = "Workload")]
-    workload: &'a str,
-    exp: i64,
-    nbf: i64,
-    iat: i64,
-    jti: String,
-}
-
 /// Signs a token offline with an RSA private key in PEM `RSA PRIVATE KEY` form, RS256, with
-/// `kid` in the header, like `kumactl generate dataplane-token --signing-key-path`.
+/// `kid` in the header, like `kumactl generate dataplane-token --signing-key-path`. The token is
+/// the one the control plane would issue with that key (`tokens::issue`).
 pub fn sign_offline(
     key_pem: &[u8],
     key_path: &Path,
@@ -202,25 +181,19 @@ pub fn sign_offline(
     if pem.label != "RSA PRIVATE KEY" {
         return Err(fail(format!("invalid key encoding {:?}", pem.label)));
     }
-    let key = jsonwebtoken::EncodingKey::from_rsa_der(&pem.contents);
-    let issued = now - BACKDATE;
-    let valid_for = time::Duration::try_from(request.valid_for)
-        .map_err(|_| fail("--valid-for is too long".to_owned()))?;
-    let claims = Claims {
-        name: &request.name,
-        mesh: &request.mesh,
-        tags: &request.tags,
-        proxy_type: &request.proxy_type,
-        workload: &request.workload,
-        exp: (now + valid_for).unix_timestamp(),
-        nbf: issued.unix_timestamp(),
-        iat: issued.unix_timestamp(),
-        jti: uuid::Uuid::new_v4().to_string(),
+    let kid: u32 = kid
+        .parse()
+        .map_err(|_| fail(format!("--kid {kid:?} must be a decimal key serial")))?;
+    let key = tokens::SigningKey::from_pem(key_pem).map_err(|error| fail(error.to_string()))?;
+    let claims = tokens::DataplaneClaims {
+        name: request.name.clone(),
+        mesh: request.mesh.clone(),
+        tags: request.tags.clone(),
+        proxy_type: request.proxy_type.clone(),
+        workload: request.workload.clone(),
     };
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, &claims, &key)
-        .map(Token)
+    tokens::issue(&key, kid, &claims, request.valid_for, now)
+        .map(|token| Token(token.as_str().to_owned()))
         .map_err(|error| fail(error.to_string()))
 }
 

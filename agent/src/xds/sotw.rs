@@ -86,7 +86,13 @@ impl SotwStream {
                 None => debug!(%type_url, version = %request.version_info, "ACK"),
             }
         }
-        state.names = request.resource_names.into_iter().collect();
+        let names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        if !names.is_subset(&state.names) {
+            // Newly subscribed names are answered even when the content is what was sent
+            // before: Envoy dropped it when it unsubscribed.
+            state.sent = None;
+        }
+        state.names = names;
         Ok(self.respond(&type_url, snapshot))
     }
 

@@ -438,6 +438,21 @@ async fn a_nack_is_counted_and_the_rejected_version_not_sent_again() {
 }
 
 #[tokio::test]
+async fn a_name_subscribed_again_is_sent_again() {
+    let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
+    let mut ads = open_ads(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
+    let first = ads.next().await;
+    // The listener using the secret goes away, then comes back.
+    ads.send(request(SECRET_TYPE, &[], Some(&first))).await;
+    ads.send(request(SECRET_TYPE, &[IDENTITY], Some(&first)))
+        .await;
+    let again = ads.next().await;
+    assert_eq!(again.version_info, "1");
+    assert_ne!(again.nonce, first.nonce);
+    assert_eq!(secrets_in(&again.resources), [pair(IDENTITY, "cert-1")]);
+}
+
+#[tokio::test]
 async fn a_request_with_a_stale_nonce_is_ignored() {
     let snapshot = with_inbounds(secrets_snapshot(1, "cert-1", "ca-1"), &[15001]);
     let h = Harness::start(snapshot.clone()).await;

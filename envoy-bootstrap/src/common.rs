@@ -1,0 +1,70 @@
+//! Small builders for `envoy.config.core.v3` values that the bootstrap, listeners and clusters
+//! share: addresses, durations, and the ADS config source.
+
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Pipe, SocketAddress,
+};
+use envoy_types::pb::google::protobuf::Duration;
+
+/// `address:port` over TCP.
+pub(crate) fn socket_address(address: &str, port: u16) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: address.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A Unix socket path.
+pub(crate) fn pipe_address(path: &str) -> Address {
+    Address {
+        address: Some(AddressKind::Pipe(Pipe {
+            path: path.to_owned(),
+            mode: 0,
+        })),
+    }
+}
+
+/// Whole seconds as a protobuf duration.
+pub(crate) fn seconds(seconds: i64) -> Duration {
+    Duration { seconds, nanos: 0 }
+}
+
+/// `{ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s}`: resources come over the
+/// ADS stream to the agent, and Envoy waits for them with no deadline. With the default 15 s
+/// Envoy would finish initialising without them (a listener without its certificate fails
+/// every handshake); with `0s` it stays warming until the agent has pushed them.
+pub(crate) fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        initial_fetch_timeout: Some(seconds(0)),
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// `host:port` as Go's `net.JoinHostPort` writes it (Kuma's names use it): IPv6 in brackets.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_host_port_brackets_ipv6() {
+        assert_eq!(join_host_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(join_host_port("::1", 80), "[::1]:80");
+        assert_eq!(join_host_port("localhost", 8080), "localhost:8080");
+    }
+}

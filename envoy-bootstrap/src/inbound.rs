@@ -1,0 +1,467 @@
+//! Inbound listeners (one per Dataplane inbound) and the local application cluster they forward
+//! to, per mesh mTLS mode (KUMA-FACTS 7.2, 7.3).
+//!
+//! - mTLS off: one plaintext filter chain.
+//! - STRICT: one filter chain terminating mTLS: the SDS identity, a client certificate required
+//!   and checked against the mesh trust bundle with a `spiffe://<mesh>/` URI SAN prefix.
+//!   Plaintext connections fail the handshake.
+//! - PERMISSIVE: the TLS inspector plus three chains in Kuma's order: plaintext, TLS that is not
+//!   Kuma's (passed through untouched to the application), and Kuma mTLS (ALPN `kuma`).
+//!
+//! Every chain ends in a TCP proxy to `localhost:<servicePort>`. Traffic permissions (a network
+//! RBAC filter prepended on the mTLS chain) come with the policies.
+
+use std::collections::{BTreeMap, HashMap};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
+use envoy_types::pb::envoy::config::core::v3::{Metadata, TrafficDirection, TransportSocket};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
+
+use crate::common::{join_host_port, seconds, socket_address};
+use crate::resource::{TCP_PROXY_FILTER, TLS_INSPECTOR_FILTER, TLS_TRANSPORT_SOCKET, to_envoy_any};
+use crate::secrets::{identity_secret_name, mesh_ca_secret_name, sds_secret_config};
+
+/// Where the application listens when the inbound has no `serviceAddress`.
+pub const DEFAULT_SERVICE_ADDRESS: &str = "127.0.0.1";
+/// ALPN protocol Kuma clients offer; PERMISSIVE listeners pick the mTLS chain by it.
+pub const KUMA_ALPN: &str = "kuma";
+/// Listener metadata namespace holding the inbound's tags, as Kuma writes it.
+pub const TAGS_METADATA_KEY: &str = "io.kuma.tags";
+/// Connect timeout to the local application.
+const LOCAL_APP_CONNECT_TIMEOUT_SECONDS: i64 = 10;
+
+/// The mesh mTLS mode of an inbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Only Kuma mTLS is accepted.
+    Strict,
+    /// Kuma mTLS, plaintext and the application's own TLS are all accepted.
+    Permissive,
+}
+
+/// One Dataplane inbound, as the listener and the local cluster need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundParams {
+    /// The Dataplane's mesh: names the secrets and the accepted SPIFFE prefix.
+    pub mesh: String,
+    /// `networking.address` (or the inbound's own `address`): where the listener binds.
+    pub address: String,
+    /// `inbound[].port`: the port the listener binds.
+    pub port: u16,
+    /// `inbound[].serviceAddress`; empty means [`DEFAULT_SERVICE_ADDRESS`].
+    pub service_address: String,
+    /// `inbound[].servicePort`: where the application listens.
+    pub service_port: u16,
+    /// `inbound[].tags`, published in the listener metadata.
+    pub tags: BTreeMap<String, String>,
+    /// The mesh mTLS mode; `None` when the mesh has mTLS off.
+    pub mtls: Option<MtlsMode>,
+}
+
+impl InboundParams {
+    /// `inbound:<address>:<port>` (IPv6 in brackets), Kuma's listener name.
+    pub fn listener_name(&self) -> String {
+        format!("inbound:{}", join_host_port(&self.address, self.port))
+    }
+
+    /// `localhost:<service_port>`, Kuma's name for the local application cluster.
+    pub fn local_cluster_name(&self) -> String {
+        format!("localhost:{}", self.service_port)
+    }
+
+    /// The application's address, with the default applied.
+    pub fn effective_service_address(&self) -> &str {
+        if self.service_address.is_empty() {
+            DEFAULT_SERVICE_ADDRESS
+        } else {
+            &self.service_address
+        }
+    }
+
+    /// Stat prefix of the local cluster: its name with `:` replaced, as Kuma sanitizes it.
+    fn local_stat_name(&self) -> String {
+        format!("localhost_{}", self.service_port)
+    }
+}
+
+/// The inbound listener for the inbound's mTLS mode (see the module documentation).
+pub fn inbound_listener(params: &InboundParams) -> Listener {
+    let forward = || tcp_proxy_filter(params);
+    let (listener_filters, filter_chains) = match params.mtls {
+        None => (Vec::new(), vec![chain(None, None, forward())]),
+        Some(MtlsMode::Strict) => (
+            Vec::new(),
+            vec![chain(
+                None,
+                Some(tls_transport_socket(&params.mesh, MtlsMode::Strict)),
+                forward(),
+            )],
+        ),
+        Some(MtlsMode::Permissive) => (
+            vec![ListenerFilter {
+                name: TLS_INSPECTOR_FILTER.to_owned(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(to_envoy_any(
+                    &TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }],
+            vec![
+                chain(Some(transport_match("raw_buffer", None)), None, forward()),
+                chain(Some(transport_match("tls", None)), None, forward()),
+                chain(
+                    Some(transport_match("tls", Some(KUMA_ALPN))),
+                    Some(tls_transport_socket(&params.mesh, MtlsMode::Permissive)),
+                    forward(),
+                ),
+            ],
+        ),
+    };
+    Listener {
+        name: params.listener_name(),
+        address: Some(socket_address(&params.address, params.port)),
+        traffic_direction: TrafficDirection::Inbound.into(),
+        metadata: tags_metadata(&params.tags),
+        listener_filters,
+        filter_chains,
+        ..Default::default()
+    }
+}
+
+/// The STATIC cluster `localhost:<service_port>` pointing at the application.
+pub fn local_app_cluster(params: &InboundParams) -> Cluster {
+    let name = params.local_cluster_name();
+    Cluster {
+        name: name.clone(),
+        alt_stat_name: params.local_stat_name(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static.into())),
+        connect_timeout: Some(seconds(LOCAL_APP_CONNECT_TIMEOUT_SECONDS)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name,
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address(
+                            params.effective_service_address(),
+                            params.service_port,
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The server-side mTLS context of an inbound: the SDS identity, a required client certificate
+/// signed by the SDS mesh trust bundle and carrying a `spiffe://<mesh>/` URI SAN. In
+/// PERMISSIVE mode the context also negotiates ALPN `kuma`, the protocol its chain matched on.
+pub fn downstream_tls_context(mesh: &str, mode: MtlsMode) -> DownstreamTlsContext {
+    let alpn_protocols = match mode {
+        MtlsMode::Strict => Vec::new(),
+        MtlsMode::Permissive => vec![KUMA_ALPN.to_owned()],
+    };
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols,
+            tls_certificate_sds_secret_configs: vec![sds_secret_config(identity_secret_name(mesh))],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: SanType::Uri.into(),
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(MatchPattern::Prefix(format!(
+                                    "spiffe://{mesh}/"
+                                ))),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds_secret_config(
+                        mesh_ca_secret_name(mesh),
+                    )),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+fn tls_transport_socket(mesh: &str, mode: MtlsMode) -> TransportSocket {
+    TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(to_envoy_any(
+            &downstream_tls_context(mesh, mode),
+        ))),
+    }
+}
+
+fn tcp_proxy_filter(params: &InboundParams) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: params.local_stat_name(),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(params.local_cluster_name())),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY_FILTER.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(to_envoy_any(&proxy))),
+    }
+}
+
+fn chain(
+    filter_chain_match: Option<FilterChainMatch>,
+    transport_socket: Option<TransportSocket>,
+    filter: Filter,
+) -> FilterChain {
+    FilterChain {
+        filter_chain_match,
+        transport_socket,
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+fn transport_match(transport_protocol: &str, alpn: Option<&str>) -> FilterChainMatch {
+    FilterChainMatch {
+        transport_protocol: transport_protocol.to_owned(),
+        application_protocols: alpn.into_iter().map(str::to_owned).collect(),
+        ..Default::default()
+    }
+}
+
+/// `filter_metadata: {io.kuma.tags: {<tag>: <value>}}`, or nothing without tags.
+fn tags_metadata(tags: &BTreeMap<String, String>) -> Option<Metadata> {
+    if tags.is_empty() {
+        return None;
+    }
+    let fields = tags
+        .iter()
+        .map(|(k, v)| {
+            let value = Value {
+                kind: Some(Kind::StringValue(v.clone())),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    Some(Metadata {
+        filter_metadata: HashMap::from([(TAGS_METADATA_KEY.to_owned(), Struct { fields })]),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    use prost::Message;
+
+    use super::*;
+
+    fn params(mtls: Option<MtlsMode>) -> InboundParams {
+        InboundParams {
+            mesh: "demo".into(),
+            address: "10.0.0.5".into(),
+            port: 10001,
+            service_address: String::new(),
+            service_port: 8080,
+            tags: BTreeMap::from([("kuma.io/service".into(), "web".into())]),
+            mtls,
+        }
+    }
+
+    fn tls_context(chain: &FilterChain) -> Option<DownstreamTlsContext> {
+        let socket = chain.transport_socket.as_ref()?;
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+            return None;
+        };
+        DownstreamTlsContext::decode(any.value.as_slice()).ok()
+    }
+
+    fn proxied_cluster(chain: &FilterChain) -> Option<String> {
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters.first()?.config_type else {
+            return None;
+        };
+        match TcpProxy::decode(any.value.as_slice())
+            .ok()?
+            .cluster_specifier?
+        {
+            ClusterSpecifier::Cluster(name) => Some(name),
+            ClusterSpecifier::WeightedClusters(_) => None,
+        }
+    }
+
+    #[test]
+    fn names_follow_kuma() {
+        let mut p = params(None);
+        assert_eq!(p.listener_name(), "inbound:10.0.0.5:10001");
+        assert_eq!(p.local_cluster_name(), "localhost:8080");
+        assert_eq!(p.effective_service_address(), "127.0.0.1");
+        p.address = "fd00::5".into();
+        p.service_address = "10.0.0.9".into();
+        assert_eq!(p.listener_name(), "inbound:[fd00::5]:10001");
+        assert_eq!(p.effective_service_address(), "10.0.0.9");
+    }
+
+    #[test]
+    fn plaintext_listener_has_one_chain_without_tls() {
+        let listener = inbound_listener(&params(None));
+        assert_eq!(listener.filter_chains.len(), 1);
+        let chain = &listener.filter_chains[0];
+        assert!(chain.transport_socket.is_none());
+        assert!(chain.filter_chain_match.is_none());
+        assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
+        assert!(listener.listener_filters.is_empty());
+    }
+
+    #[test]
+    fn strict_listener_requires_a_mesh_client_certificate() {
+        let listener = inbound_listener(&params(Some(MtlsMode::Strict)));
+        assert_eq!(listener.filter_chains.len(), 1);
+        assert!(listener.listener_filters.is_empty());
+        let chain = &listener.filter_chains[0];
+        assert!(chain.filter_chain_match.is_none());
+        assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
+        let context = tls_context(chain).unwrap_or_default();
+        assert_eq!(context, downstream_tls_context("demo", MtlsMode::Strict));
+        assert_eq!(
+            context.require_client_certificate,
+            Some(BoolValue { value: true })
+        );
+        let common = context.common_tls_context.unwrap_or_default();
+        assert!(common.alpn_protocols.is_empty());
+        let names: Vec<_> = common
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["identity_cert:secret:demo"]);
+        let Some(ValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!("no combined validation context");
+        };
+        assert_eq!(
+            combined
+                .validation_context_sds_secret_config
+                .map(|c| c.name)
+                .as_deref(),
+            Some("mesh_ca:secret:demo")
+        );
+        let san = &combined
+            .default_validation_context
+            .unwrap_or_default()
+            .match_typed_subject_alt_names;
+        assert_eq!(san.len(), 1);
+        assert_eq!(san[0].san_type, SanType::Uri as i32);
+        assert_eq!(
+            san[0]
+                .matcher
+                .as_ref()
+                .and_then(|m| m.match_pattern.clone()),
+            Some(MatchPattern::Prefix("spiffe://demo/".into()))
+        );
+    }
+
+    #[test]
+    fn permissive_listener_has_kumas_three_chains() {
+        let listener = inbound_listener(&params(Some(MtlsMode::Permissive)));
+        let filters: Vec<_> = listener
+            .listener_filters
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(filters, ["envoy.filters.listener.tls_inspector"]);
+        let matches: Vec<_> = listener
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let m = c.filter_chain_match.clone().unwrap_or_default();
+                (
+                    m.transport_protocol,
+                    m.application_protocols,
+                    tls_context(c).is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            matches,
+            [
+                ("raw_buffer".to_owned(), vec![], false),
+                ("tls".to_owned(), vec![], false),
+                ("tls".to_owned(), vec!["kuma".to_owned()], true),
+            ]
+        );
+        let kuma = tls_context(&listener.filter_chains[2]).unwrap_or_default();
+        assert_eq!(
+            kuma.common_tls_context.unwrap_or_default().alpn_protocols,
+            ["kuma"]
+        );
+        for chain in &listener.filter_chains {
+            assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
+        }
+    }
+
+    #[test]
+    fn listener_publishes_the_tags() {
+        let listener = inbound_listener(&params(None));
+        let tags = listener.metadata.unwrap_or_default().filter_metadata;
+        let service = tags
+            .get("io.kuma.tags")
+            .and_then(|s| s.fields.get("kuma.io/service"))
+            .and_then(|v| v.kind.clone());
+        assert_eq!(service, Some(Kind::StringValue("web".into())));
+        let mut untagged = params(None);
+        untagged.tags.clear();
+        assert_eq!(inbound_listener(&untagged).metadata, None);
+    }
+
+    #[test]
+    fn app_cluster_points_at_the_service_address() {
+        let mut p = params(Some(MtlsMode::Strict));
+        p.service_address = "10.0.0.9".into();
+        let cluster = local_app_cluster(&p);
+        assert_eq!(cluster.name, "localhost:8080");
+        assert_eq!(
+            cluster.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
+        );
+        let endpoint = cluster
+            .load_assignment
+            .and_then(|la| la.endpoints.into_iter().next())
+            .and_then(|e| e.lb_endpoints.into_iter().next())
+            .and_then(|e| e.host_identifier);
+        let Some(HostIdentifier::Endpoint(endpoint)) = endpoint else {
+            panic!("no endpoint");
+        };
+        assert_eq!(endpoint.address, Some(socket_address("10.0.0.9", 8080)));
+    }
+}

@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use envoy_bootstrap::DEFAULT_SERVICE_ADDRESS;
 use serde::Deserialize;
 
 /// The tag naming the service an inbound belongs to.
 pub const SERVICE_TAG: &str = "kuma.io/service";
-/// Where the app listens when an inbound names no `serviceAddress`, as in Kuma.
-pub const DEFAULT_SERVICE_ADDRESS: &str = "127.0.0.1";
 
 /// Why the registered Dataplane could not be read.
 #[derive(Debug, thiserror::Error)]

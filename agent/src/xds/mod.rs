@@ -13,19 +13,15 @@ use crate::state::XdsSnapshot;
 
 mod delta;
 mod server;
+mod snapshot;
 mod socket;
 mod sotw;
 
 pub use server::serve;
+pub use snapshot::build_snapshot;
 pub use socket::{MAX_SOCKET_PATH_LEN, bind};
 
-/// Listeners (LDS), answered for wildcard subscriptions.
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-/// Clusters (CDS), answered for wildcard subscriptions.
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Secrets (SDS), answered by name only.
-pub const SECRET_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub use envoy_bootstrap::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL, SECRET_TYPE_URL};
 /// Routes (RDS), answered by name only.
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Endpoints (EDS), answered by name only.
@@ -113,8 +109,8 @@ enum TypeKind {
 impl TypeKind {
     fn of(type_url: &str) -> TypeKind {
         match type_url {
-            LISTENER_TYPE | CLUSTER_TYPE => TypeKind::Wildcard,
-            SECRET_TYPE | ROUTE_TYPE | ENDPOINT_TYPE => TypeKind::Named,
+            LISTENER_TYPE_URL | CLUSTER_TYPE_URL => TypeKind::Wildcard,
+            SECRET_TYPE_URL | ROUTE_TYPE | ENDPOINT_TYPE => TypeKind::Named,
             _ => TypeKind::Unknown,
         }
     }
@@ -124,10 +120,10 @@ impl TypeKind {
 /// them, clusters before the listeners that route to them (make before break).
 fn push_rank(type_url: &str) -> u8 {
     match type_url {
-        SECRET_TYPE => 0,
-        CLUSTER_TYPE => 1,
+        SECRET_TYPE_URL => 0,
+        CLUSTER_TYPE_URL => 1,
         ENDPOINT_TYPE => 2,
-        LISTENER_TYPE => 3,
+        LISTENER_TYPE_URL => 3,
         ROUTE_TYPE => 4,
         _ => 5,
     }

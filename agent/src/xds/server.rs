@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, field};
 
 use super::delta::DeltaStream;
 use super::sotw::{SotwStream, resolve_type};
-use super::{SECRET_TYPE, XdsError, resources_of, wire_any};
+use super::{SECRET_TYPE_URL, XdsError, resources_of, wire_any};
 use crate::metrics::Metrics;
 use crate::state::XdsSnapshot;
 
@@ -210,7 +210,7 @@ impl SecretDiscoveryService for XdsService {
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
         Ok(Response::new(self.open(
             Api::DeltaSds,
-            DeltaStream::single(SECRET_TYPE),
+            DeltaStream::single(SECRET_TYPE_URL),
             request.into_inner(),
         )))
     }
@@ -221,7 +221,7 @@ impl SecretDiscoveryService for XdsService {
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         Ok(Response::new(self.open(
             Api::Sds,
-            SotwStream::single(SECRET_TYPE),
+            SotwStream::single(SECRET_TYPE_URL),
             request.into_inner(),
         )))
     }
@@ -232,7 +232,7 @@ impl SecretDiscoveryService for XdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let request = request.into_inner();
-        let type_url = resolve_type(&request.type_url, Some(SECRET_TYPE))?;
+        let type_url = resolve_type(&request.type_url, Some(SECRET_TYPE_URL))?;
         let snapshot = self.snapshots.borrow().clone();
         let resources = resources_of(&snapshot, &type_url)
             .into_iter()

@@ -52,7 +52,7 @@ fn any(type_url: &str, message: &impl Message) -> prost_types::Any {
 /// A secret whose content is `content`.
 fn secret(name: &str, content: &str) -> prost_types::Any {
     any(
-        SECRET_TYPE,
+        SECRET_TYPE_URL,
         &Secret {
             name: name.to_string(),
             r#type: Some(secret::Type::GenericSecret(GenericSecret {
@@ -74,7 +74,7 @@ fn secrets_snapshot(version: u64, identity: &str, ca: &str) -> XdsSnapshot {
     };
     let secrets = snapshot
         .resources
-        .entry(SECRET_TYPE.to_string())
+        .entry(SECRET_TYPE_URL.to_string())
         .or_default();
     for (name, content) in [
         (IDENTITY, identity),
@@ -93,12 +93,12 @@ fn with_inbounds(mut snapshot: XdsSnapshot, ports: &[u16]) -> XdsSnapshot {
         let name = format!("inbound:10.0.0.5:{port}");
         snapshot
             .resources
-            .entry(LISTENER_TYPE.to_string())
+            .entry(LISTENER_TYPE_URL.to_string())
             .or_default()
             .insert(
                 name.clone(),
                 any(
-                    LISTENER_TYPE,
+                    LISTENER_TYPE_URL,
                     &Listener {
                         name: name.clone(),
                         ..Listener::default()
@@ -108,12 +108,12 @@ fn with_inbounds(mut snapshot: XdsSnapshot, ports: &[u16]) -> XdsSnapshot {
         let cluster = format!("localhost:{port}");
         snapshot
             .resources
-            .entry(CLUSTER_TYPE.to_string())
+            .entry(CLUSTER_TYPE_URL.to_string())
             .or_default()
             .insert(
                 cluster.clone(),
                 any(
-                    CLUSTER_TYPE,
+                    CLUSTER_TYPE_URL,
                     &Cluster {
                         name: cluster,
                         ..Cluster::default()
@@ -129,7 +129,7 @@ fn secrets_in(resources: &[envoy_types::pb::google::protobuf::Any]) -> Vec<(Stri
     resources
         .iter()
         .map(|any| {
-            assert_eq!(any.type_url, SECRET_TYPE);
+            assert_eq!(any.type_url, SECRET_TYPE_URL);
             let secret = Secret::decode(any.value.as_slice()).unwrap();
             let Some(secret::Type::GenericSecret(generic)) = secret.r#type else {
                 panic!("not a test secret: {secret:?}");
@@ -338,11 +338,11 @@ fn nack(type_url: &str, names: &[&str], rejected: &DiscoveryResponse) -> Discove
 #[tokio::test]
 async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
     let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
-    let mut sds = open_sds(&h, request(SECRET_TYPE, &[IDENTITY, MESH_CA], None)).await;
+    let mut sds = open_sds(&h, request(SECRET_TYPE_URL, &[IDENTITY, MESH_CA], None)).await;
 
     let first = sds.next().await;
     assert_eq!(first.version_info, "1");
-    assert_eq!(first.type_url, SECRET_TYPE);
+    assert_eq!(first.type_url, SECRET_TYPE_URL);
     assert!(!first.nonce.is_empty());
     assert_eq!(
         secrets_in(&first.resources),
@@ -351,7 +351,7 @@ async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
     h.metric("kuma_dp_sds_streams 1").await;
 
     // ACK, then a rotation: pushed at once with a new version and nonce.
-    sds.send(request(SECRET_TYPE, &[IDENTITY, MESH_CA], Some(&first)))
+    sds.send(request(SECRET_TYPE_URL, &[IDENTITY, MESH_CA], Some(&first)))
         .await;
     h.publish(secrets_snapshot(2, "cert-2", "ca-1"));
     let second = sds.next().await;
@@ -364,7 +364,7 @@ async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
 
     // Envoy asks for one more name: the same version again, with it, under a new nonce.
     sds.send(request(
-        SECRET_TYPE,
+        SECRET_TYPE_URL,
         &[IDENTITY, MESH_CA, "default"],
         Some(&second),
     ))
@@ -384,7 +384,7 @@ async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
     // A snapshot that changes nothing Envoy asked for is not pushed: the next response is the
     // one after it.
     sds.send(request(
-        SECRET_TYPE,
+        SECRET_TYPE_URL,
         &[IDENTITY, MESH_CA, "default"],
         Some(&third),
     ))
@@ -392,7 +392,7 @@ async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
     let mut unrelated = secrets_snapshot(3, "cert-2", "ca-1");
     unrelated
         .resources
-        .get_mut(SECRET_TYPE)
+        .get_mut(SECRET_TYPE_URL)
         .unwrap()
         .insert("other".to_string(), secret("other", "x"));
     h.publish(unrelated);
@@ -417,14 +417,14 @@ async fn sotw_sds_answers_the_requested_names_and_pushes_every_change() {
 #[tokio::test]
 async fn a_nack_is_counted_and_the_rejected_version_not_sent_again() {
     let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
-    let mut sds = open_sds(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
+    let mut sds = open_sds(&h, request(SECRET_TYPE_URL, &[IDENTITY], None)).await;
     let first = sds.next().await;
     assert_eq!(first.version_info, "1");
 
-    sds.send(nack(SECRET_TYPE, &[IDENTITY], &first)).await;
+    sds.send(nack(SECRET_TYPE_URL, &[IDENTITY], &first)).await;
     h.metric("kuma_dp_xds_nacks_total 1").await;
     // A repeated request for the same names still does not bring the rejected secret back.
-    sds.send(request(SECRET_TYPE, &[IDENTITY], Some(&first)))
+    sds.send(request(SECRET_TYPE_URL, &[IDENTITY], Some(&first)))
         .await;
 
     // The next response is the next snapshot's, nothing before it.
@@ -440,11 +440,11 @@ async fn a_nack_is_counted_and_the_rejected_version_not_sent_again() {
 #[tokio::test]
 async fn a_name_subscribed_again_is_sent_again() {
     let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
-    let mut ads = open_ads(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
+    let mut ads = open_ads(&h, request(SECRET_TYPE_URL, &[IDENTITY], None)).await;
     let first = ads.next().await;
     // The listener using the secret goes away, then comes back.
-    ads.send(request(SECRET_TYPE, &[], Some(&first))).await;
-    ads.send(request(SECRET_TYPE, &[IDENTITY], Some(&first)))
+    ads.send(request(SECRET_TYPE_URL, &[], Some(&first))).await;
+    ads.send(request(SECRET_TYPE_URL, &[IDENTITY], Some(&first)))
         .await;
     let again = ads.next().await;
     assert_eq!(again.version_info, "1");
@@ -456,9 +456,9 @@ async fn a_name_subscribed_again_is_sent_again() {
 async fn a_request_with_a_stale_nonce_is_ignored() {
     let snapshot = with_inbounds(secrets_snapshot(1, "cert-1", "ca-1"), &[15001]);
     let h = Harness::start(snapshot.clone()).await;
-    let mut ads = open_ads(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
+    let mut ads = open_ads(&h, request(SECRET_TYPE_URL, &[IDENTITY], None)).await;
     let first = ads.next().await;
-    ads.send(request(SECRET_TYPE, &[IDENTITY], Some(&first)))
+    ads.send(request(SECRET_TYPE_URL, &[IDENTITY], Some(&first)))
         .await;
     h.publish(XdsSnapshot {
         version: 2,
@@ -468,18 +468,18 @@ async fn a_request_with_a_stale_nonce_is_ignored() {
     assert_eq!(second.version_info, "2");
 
     // Quoting the first nonce, and asking for more: stale, so ignored entirely.
-    ads.send(request(SECRET_TYPE, &[IDENTITY, MESH_CA], Some(&first)))
+    ads.send(request(SECRET_TYPE_URL, &[IDENTITY, MESH_CA], Some(&first)))
         .await;
     // A listener request behind it on the same stream: once it is answered, the stale request
     // has been handled.
-    ads.send(request(LISTENER_TYPE, &[], None)).await;
+    ads.send(request(LISTENER_TYPE_URL, &[], None)).await;
     let listeners = ads.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
 
     h.publish(secrets_snapshot(3, "cert-3", "ca-1"));
     let third = ads.next().await;
     assert_eq!(third.version_info, "3");
-    assert_eq!(third.type_url, SECRET_TYPE);
+    assert_eq!(third.type_url, SECRET_TYPE_URL);
     // Still only the names of the last valid request.
     assert_eq!(secrets_in(&third.resources), [pair(IDENTITY, "cert-3")]);
 }
@@ -491,23 +491,24 @@ async fn ads_serves_every_listener_and_cluster() {
         &[15001, 15002],
     ))
     .await;
-    let mut ads = open_ads(&h, request(CLUSTER_TYPE, &[], None)).await;
+    let mut ads = open_ads(&h, request(CLUSTER_TYPE_URL, &[], None)).await;
     let clusters = ads.next().await;
-    assert_eq!(clusters.type_url, CLUSTER_TYPE);
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
     assert_eq!(clusters.version_info, "1");
     assert_eq!(
         names_of::<Cluster>(&clusters.resources, |c| c.name),
         ["localhost:15001", "localhost:15002"]
     );
-    ads.send(request(CLUSTER_TYPE, &[], Some(&clusters))).await;
-    ads.send(request(LISTENER_TYPE, &[], None)).await;
+    ads.send(request(CLUSTER_TYPE_URL, &[], Some(&clusters)))
+        .await;
+    ads.send(request(LISTENER_TYPE_URL, &[], None)).await;
     let listeners = ads.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert_eq!(
         names_of::<Listener>(&listeners.resources, |l| l.name),
         ["inbound:10.0.0.5:15001", "inbound:10.0.0.5:15002"]
     );
-    ads.send(request(LISTENER_TYPE, &[], Some(&listeners)))
+    ads.send(request(LISTENER_TYPE_URL, &[], Some(&listeners)))
         .await;
 
     // A type the agent does not serve gets an empty answer, and the stream stays up.
@@ -523,14 +524,14 @@ async fn ads_serves_every_listener_and_cluster() {
         &[15002],
     ));
     let clusters = ads.next().await;
-    assert_eq!(clusters.type_url, CLUSTER_TYPE);
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
     assert_eq!(clusters.version_info, "2");
     assert_eq!(
         names_of::<Cluster>(&clusters.resources, |c| c.name),
         ["localhost:15002"]
     );
     let listeners = ads.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert_eq!(
         names_of::<Listener>(&listeners.resources, |l| l.name),
         ["inbound:10.0.0.5:15002"]
@@ -541,15 +542,15 @@ async fn ads_serves_every_listener_and_cluster() {
 async fn ads_answers_an_empty_wildcard_and_holds_named_secrets_until_they_exist() {
     // Pending identity: no secrets, no listeners yet.
     let h = Harness::start(XdsSnapshot::default()).await;
-    let mut ads = open_ads(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
-    ads.send(request(LISTENER_TYPE, &[], None)).await;
+    let mut ads = open_ads(&h, request(SECRET_TYPE_URL, &[IDENTITY], None)).await;
+    ads.send(request(LISTENER_TYPE_URL, &[], None)).await;
     let listeners = ads.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert!(listeners.resources.is_empty());
 
     h.publish(secrets_snapshot(1, "cert-1", "ca-1"));
     let secrets = ads.next().await;
-    assert_eq!(secrets.type_url, SECRET_TYPE);
+    assert_eq!(secrets.type_url, SECRET_TYPE_URL);
     assert_eq!(secrets_in(&secrets.resources), [pair(IDENTITY, "cert-1")]);
 }
 
@@ -672,7 +673,7 @@ async fn delta_sds_sends_only_what_changed_and_reports_removals() {
     let mut delta = open_delta_sds(&h, subscribe("", &[IDENTITY, MESH_CA])).await;
 
     let first = delta.next().await;
-    assert_eq!(first.type_url, SECRET_TYPE);
+    assert_eq!(first.type_url, SECRET_TYPE_URL);
     assert_eq!(first.system_version_info, "1");
     let (secrets, versions) = delta_secrets(&first);
     assert_eq!(secrets, [pair(IDENTITY, "cert-1"), pair(MESH_CA, "ca-1")]);
@@ -692,14 +693,14 @@ async fn delta_sds_sends_only_what_changed_and_reports_removals() {
     delta.ack(&second).await;
 
     // Subscribing one more name sends just that one.
-    delta.send(subscribe(SECRET_TYPE, &["ROOTCA"])).await;
+    delta.send(subscribe(SECRET_TYPE_URL, &["ROOTCA"])).await;
     let third = delta.next().await;
     assert_eq!(delta_secrets(&third).0, [pair("ROOTCA", "ca-1")]);
     delta.ack(&third).await;
 
     // The identity is gone (mTLS turned off): reported removed, nothing else sent.
     let mut without_identity = secrets_snapshot(3, "cert-2", "ca-1");
-    let secrets = without_identity.resources.get_mut(SECRET_TYPE).unwrap();
+    let secrets = without_identity.resources.get_mut(SECRET_TYPE_URL).unwrap();
     secrets.remove(IDENTITY);
     secrets.remove("default");
     h.publish(without_identity);
@@ -711,7 +712,7 @@ async fn delta_sds_sends_only_what_changed_and_reports_removals() {
     // A NACK is counted, and the rejected resources are not sent again.
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: SECRET_TYPE.to_string(),
+            type_url: SECRET_TYPE_URL.to_string(),
             response_nonce: fourth.nonce.clone(),
             error_detail: Some(RpcStatus {
                 code: 3,
@@ -731,12 +732,12 @@ async fn delta_sds_sends_only_what_changed_and_reports_removals() {
 #[tokio::test]
 async fn delta_sds_honours_initial_resource_versions() {
     let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
-    let mut fresh = open_delta_sds(&h, subscribe(SECRET_TYPE, &[IDENTITY, MESH_CA])).await;
+    let mut fresh = open_delta_sds(&h, subscribe(SECRET_TYPE_URL, &[IDENTITY, MESH_CA])).await;
     let (_, versions) = delta_secrets(&fresh.next().await);
 
     // Envoy reconnects holding the current identity, an outdated CA and a secret that no
     // longer exists: only the CA is sent, and the missing one is reported removed.
-    let mut first = subscribe(SECRET_TYPE, &[IDENTITY, MESH_CA, "gone"]);
+    let mut first = subscribe(SECRET_TYPE_URL, &[IDENTITY, MESH_CA, "gone"]);
     first.initial_resource_versions = HashMap::from([
         (IDENTITY.to_string(), versions[0].clone()),
         (MESH_CA.to_string(), "outdated".to_string()),
@@ -755,18 +756,18 @@ async fn delta_ads_serves_wildcard_listeners_and_clusters() {
         &[15001, 15002],
     ))
     .await;
-    let mut delta = open_delta_ads(&h, subscribe(CLUSTER_TYPE, &[])).await;
+    let mut delta = open_delta_ads(&h, subscribe(CLUSTER_TYPE_URL, &[])).await;
     let clusters = delta.next().await;
-    assert_eq!(clusters.type_url, CLUSTER_TYPE);
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
     let names: Vec<_> = clusters.resources.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names, ["localhost:15001", "localhost:15002"]);
     delta.ack(&clusters).await;
-    delta.send(subscribe(LISTENER_TYPE, &[])).await;
+    delta.send(subscribe(LISTENER_TYPE_URL, &[])).await;
     let listeners = delta.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert_eq!(listeners.resources.len(), 2);
     delta.ack(&listeners).await;
-    delta.send(subscribe(SECRET_TYPE, &[IDENTITY])).await;
+    delta.send(subscribe(SECRET_TYPE_URL, &[IDENTITY])).await;
     let secrets = delta.next().await;
     assert_eq!(delta_secrets(&secrets).0, [pair(IDENTITY, "cert-1")]);
     delta.ack(&secrets).await;
@@ -779,12 +780,12 @@ async fn delta_ads_serves_wildcard_listeners_and_clusters() {
     let secrets = delta.next().await;
     assert_eq!(delta_secrets(&secrets).0, [pair(IDENTITY, "cert-2")]);
     let clusters = delta.next().await;
-    assert_eq!(clusters.type_url, CLUSTER_TYPE);
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
     let names: Vec<_> = clusters.resources.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names, ["localhost:15003"]);
     assert_eq!(clusters.removed_resources, ["localhost:15001"]);
     let listeners = delta.next().await;
-    assert_eq!(listeners.type_url, LISTENER_TYPE);
+    assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert_eq!(listeners.removed_resources, ["inbound:10.0.0.5:15001"]);
 }
 
@@ -795,7 +796,7 @@ async fn fetch_returns_the_current_secrets() {
     let response = h
         .sds()
         .await
-        .fetch_secrets(request(SECRET_TYPE, &[IDENTITY, "missing"], None))
+        .fetch_secrets(request(SECRET_TYPE_URL, &[IDENTITY, "missing"], None))
         .await
         .unwrap()
         .into_inner();
@@ -805,7 +806,7 @@ async fn fetch_returns_the_current_secrets() {
     let status = h
         .sds()
         .await
-        .fetch_secrets(request(LISTENER_TYPE, &[], None))
+        .fetch_secrets(request(LISTENER_TYPE_URL, &[], None))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -814,7 +815,7 @@ async fn fetch_returns_the_current_secrets() {
 #[tokio::test]
 async fn shutdown_ends_the_streams_and_the_server() {
     let h = Harness::start(secrets_snapshot(1, "cert-1", "ca-1")).await;
-    let mut sds = open_sds(&h, request(SECRET_TYPE, &[IDENTITY], None)).await;
+    let mut sds = open_sds(&h, request(SECRET_TYPE_URL, &[IDENTITY], None)).await;
     sds.next().await;
     h.shutdown.cancel();
     let end = tokio::time::timeout(WAIT, sds.responses.message())

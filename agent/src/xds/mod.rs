@@ -3,7 +3,7 @@
 //!
 //! Every stream watches the snapshot channel and pushes a change the moment it is published, so
 //! a rotated certificate reaches Envoy in milliseconds. The protocol bookkeeping (subscriptions,
-//! nonces, ACK and NACK) lives in [`sotw`] and [`delta`], free of I/O; [`server`] drives it.
+//! nonces, ACK and NACK) lives in `sotw` and `delta`, free of I/O; `server` drives it.
 
 use std::path::PathBuf;
 
@@ -17,11 +17,11 @@ mod snapshot;
 mod socket;
 mod sotw;
 
+pub use envoy_bootstrap::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL, SECRET_TYPE_URL};
 pub use server::serve;
 pub use snapshot::build_snapshot;
 pub use socket::{MAX_SOCKET_PATH_LEN, bind};
 
-pub use envoy_bootstrap::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL, SECRET_TYPE_URL};
 /// Routes (RDS), answered by name only.
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Endpoints (EDS), answered by name only.

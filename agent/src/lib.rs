@@ -3,7 +3,9 @@
 //! supervises Envoy, serving it secrets and configuration over a local Unix socket.
 
 pub mod admin;
+pub mod dataplane;
 pub mod envoy;
 pub mod metrics;
 pub mod signals;
 pub mod state;
+pub mod xds;

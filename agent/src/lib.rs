@@ -2,5 +2,8 @@
 //! keeps its key and certificates in memory only, rotates them at 4/5 of their lifetime, and
 //! supervises Envoy, serving it secrets and configuration over a local Unix socket.
 
+pub mod config;
+pub mod dataplane_template;
 pub mod metrics;
 pub mod state;
+pub mod token;

@@ -60,7 +60,11 @@ impl Metrics {
         let pushes = Counter::default();
         registry.register("xds_pushes", "Responses pushed to Envoy", pushes.clone());
         let nacks = Counter::default();
-        registry.register("xds_nacks", "Responses Envoy rejected (NACK)", nacks.clone());
+        registry.register(
+            "xds_nacks",
+            "Responses Envoy rejected (NACK)",
+            nacks.clone(),
+        );
         let envoy_restarts = Counter::default();
         registry.register(
             "envoy_restarts",
@@ -92,7 +96,9 @@ impl Metrics {
 
     /// Counts a successful certificate issuance.
     pub fn rotation_ok(&self) {
-        self.rotations.get_or_create(&ResultLabel { result: "ok" }).inc();
+        self.rotations
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
     }
 
     /// Counts a failed certificate issuance attempt.

@@ -99,6 +99,14 @@ pub struct RunArgs {
     /// (cp-lite writes it to <cp-lite work dir>/dp-server-ca.pem).
     #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
     pub ca_cert_file: Option<PathBuf>,
+    /// Do not verify the control plane's certificate. Insecure: anyone on the path can
+    /// impersonate the control plane and steal the dataplane token.
+    #[arg(
+        long = "skip-verify",
+        env = "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dangerous_skip_verify: bool,
     /// Name of the Dataplane.
     #[arg(long, env = "KUMA_DATAPLANE_NAME", default_value = "")]
     pub name: String,
@@ -280,6 +288,8 @@ pub struct Config {
     pub cp_address: String,
     /// The CA of the control plane; `None` means the system's CA bundle.
     pub ca_cert: Option<CaCert>,
+    /// `--skip-verify`: the control plane's certificate is not verified at all.
+    pub dangerous_skip_verify: bool,
     /// The Dataplane's mesh (from the template when one is given).
     pub mesh: String,
     /// The Dataplane's name (from the template when one is given).
@@ -458,6 +468,7 @@ impl RunArgs {
         Ok(Config {
             cp_address: self.cp_address,
             ca_cert,
+            dangerous_skip_verify: self.dangerous_skip_verify,
             mesh,
             name,
             dataplane: template,

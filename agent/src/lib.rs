@@ -3,6 +3,7 @@
 //! supervises Envoy, serving it secrets and configuration over a local Unix socket.
 
 pub mod config;
+pub mod cp;
 pub mod dataplane_template;
 pub mod metrics;
 pub mod state;

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod cp;
 pub mod dataplane_template;
+pub mod identity;
 pub mod metrics;
 pub mod state;
 pub mod token;

@@ -252,7 +252,7 @@ fn find_rustls_error(status: &Status) -> Option<&rustls::Error> {
 }
 
 /// An error and its causes, `: `-joined, skipping causes the text already ends with.
-pub(crate) fn error_chain(error: &dyn StdError) -> String {
+pub fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -34,7 +34,7 @@ mod dangerous;
 mod error;
 
 pub use backoff::Backoff;
-pub use error::{CallError, Retry, TOKEN_REQUIRED_HINT, TrustOrigin};
+pub use error::{CallError, Retry, TOKEN_REQUIRED_HINT, TrustOrigin, error_chain};
 
 /// First retry ceiling after a failed call to the control plane.
 pub const CP_RETRY_BASE: Duration = Duration::from_millis(500);

@@ -233,15 +233,14 @@ impl TokenSource {
             path: path.clone(),
             source,
         };
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<_>| {
-            let _: notify::Event = match event {
-                Ok(event) => event,
-                Err(_) => return,
-            };
-            // The receiver is gone only after shutdown.
-            let _ = events.send(());
-        })
-        .map_err(watch_error)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|event| changes_content(&event.kind)) {
+                    // The receiver is gone only after shutdown.
+                    let _ = events.send(());
+                }
+            })
+            .map_err(watch_error)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(watch_error)?;
@@ -286,6 +285,19 @@ impl TokenSource {
         );
         debug!(dir = %dir.display(), "watching the dataplane token file");
         Ok(())
+    }
+}
+
+/// Whether a watch event can mean new content. Opening and reading are events too (inotify
+/// reports `OPEN`): reacting to them would make every token read, including the watcher's own,
+/// wake the watcher again.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        // A writer closing the file: its content is complete now.
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -451,6 +463,27 @@ mod tests {
             assert!(text.contains("<redacted>"), "{text}");
             assert!(!text.contains(&token_a()[..10]), "{text}");
         }
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+        assert!(!changes_content(&notify::EventKind::Access(
+            AccessKind::Open(AccessMode::Any)
+        )));
+        assert!(!changes_content(&notify::EventKind::Access(
+            AccessKind::Close(AccessMode::Read)
+        )));
+        assert!(changes_content(&notify::EventKind::Access(
+            AccessKind::Close(AccessMode::Write)
+        )));
+        assert!(changes_content(&notify::EventKind::Create(
+            CreateKind::File
+        )));
+        assert!(changes_content(&notify::EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&notify::EventKind::Remove(
+            RemoveKind::File
+        )));
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::config::{KeyType, VERSION};
+use crate::config::{Config, KeyType, VERSION};
 use crate::cp::{CP_RETRY, CallError, ControlPlane, Retry, SLOW_RETRY};
 use crate::metrics::Metrics;
 use crate::state::IdentityState;
@@ -55,6 +55,18 @@ pub struct IdentityParams {
     /// The rendered Dataplane template to register; `None` when it must already exist.
     pub resource: Option<String>,
     pub key_type: KeyType,
+}
+
+impl IdentityParams {
+    /// The Dataplane of a validated configuration (mesh and name from the template when given).
+    pub fn from_config(config: &Config) -> Self {
+        IdentityParams {
+            mesh: config.mesh.clone(),
+            name: config.name.clone(),
+            resource: config.dataplane.as_ref().map(|d| d.text.clone()),
+            key_type: config.key_type,
+        }
+    }
 }
 
 /// Registers the Dataplane, follows its view and keeps its certificate; see the module docs.

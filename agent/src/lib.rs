@@ -3,9 +3,14 @@
 //! supervises Envoy, serving it secrets and configuration over a local Unix socket.
 
 pub mod admin;
+pub mod config;
+pub mod cp;
 pub mod dataplane;
+pub mod dataplane_template;
 pub mod envoy;
+pub mod identity;
 pub mod metrics;
 pub mod signals;
 pub mod state;
+pub mod token;
 pub mod xds;

@@ -12,6 +12,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::dataplane_template::{self, DataplaneTemplate, TemplateError, TemplateVars};
+pub use crate::envoy::RestartPolicy;
 use crate::token::{TokenConfig, TokenError, TokenSource};
 
 /// The agent's version.
@@ -78,15 +79,6 @@ pub enum KeyType {
     Ecdsa,
     /// RSA-2048 (Kuma's choice).
     Rsa,
-}
-
-/// What the agent does when Envoy exits on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestartPolicy {
-    /// The agent exits with Envoy, as Kuma does.
-    Never,
-    /// Envoy is restarted with jittered backoff, a few times, then the agent exits non-zero.
-    OnFailure,
 }
 
 /// Flags of `kuma-dp run` (KUMA-FACTS 1.1).

@@ -289,7 +289,7 @@ impl Issuer {
         params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
         params.not_before =
             backdate(now, NOT_BEFORE_BACKDATE).map_err(|_| SignError::ValidityOutOfRange)?;
-        params.not_after = add(now, lifetime).map_err(|_| SignError::ValidityOutOfRange)?;
+        params.not_after = leaf_not_after(now, lifetime)?;
         let cert = params
             .signed_by(key, &self.signer)
             .map_err(SignError::Signing)?;
@@ -530,6 +530,24 @@ fn parse_error(e: x509_parser::nom::Err<x509_parser::error::X509Error>) -> Strin
     }
 }
 
+/// NotAfter of a leaf: `now + lifetime`, rounded UP to whole seconds. X.509 encodes seconds, and
+/// rounding down would make the certificate shorter than the mesh's `dpCert` lifetime, so an
+/// agent rotating at 4/5 of what it received would rotate early.
+fn leaf_not_after(now: OffsetDateTime, lifetime: Duration) -> Result<OffsetDateTime, SignError> {
+    let exact = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|lifetime| now.checked_add(lifetime))
+        .ok_or(SignError::ValidityOutOfRange)?;
+    let rounded = if exact.nanosecond() == 0 {
+        exact
+    } else {
+        exact
+            .checked_add(time::Duration::SECOND)
+            .ok_or(SignError::ValidityOutOfRange)?
+    };
+    add(rounded, Duration::ZERO).map_err(|_| SignError::ValidityOutOfRange)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,7 +620,8 @@ mod tests {
             .unwrap();
 
         assert_eq!(leaf.not_before, datetime!(2026-05-06 07:07:09 UTC));
-        assert_eq!(leaf.not_after, datetime!(2026-05-07 07:08:09 UTC));
+        // Rounded up: the certificate is never shorter than the configured lifetime.
+        assert_eq!(leaf.not_after, datetime!(2026-05-07 07:08:10 UTC));
         let cert = parse(&leaf.cert_der);
         assert_eq!(cert.version().0, 2, "X.509 v3");
         assert_eq!(cert.validity().not_before.to_datetime(), leaf.not_before);

@@ -3,6 +3,7 @@
 //! supervises Envoy, serving it secrets and configuration over a local Unix socket.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod cp;
 pub mod dataplane;

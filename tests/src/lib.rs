@@ -318,6 +318,254 @@ impl Kumactl {
     }
 }
 
+/// The Envoy binary: `$ENVOY_BINARY`, else the one `.ci/install-deps` installs into
+/// `.tools/envoy`. A missing Envoy fails the test: `make test` installs it.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENVOY_BINARY") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/envoy/envoy/_bin/envoy");
+    assert!(
+        path.exists(),
+        "Envoy is missing at {}: run `.ci/install-deps` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port that was free a moment ago, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A running `kuma-dp run` with its work dir.
+#[derive(Debug)]
+pub struct KumaDp {
+    child: Option<Child>,
+    pub work_dir: PathBuf,
+    /// The readiness port (`KUMA_READINESS_PORT`).
+    pub readiness_port: u16,
+    /// Envoy's admin port (`--admin-port`).
+    pub admin_port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start one agent.
+#[derive(Debug, Clone)]
+pub struct KumaDpOptions {
+    pub cp_data_dir: PathBuf,
+    pub cp_dp_address: SocketAddr,
+    pub dataplane_yaml: String,
+    pub token_file: PathBuf,
+    pub work_dir: PathBuf,
+    /// Extra flags.
+    pub args: Vec<String>,
+}
+
+impl KumaDp {
+    /// Starts kuma-dp against the control plane with real Envoy; returns at once.
+    pub fn start(options: &KumaDpOptions) -> Result<KumaDp> {
+        let dataplane_file = options.work_dir.with_extension("dataplane.yaml");
+        std::fs::write(&dataplane_file, &options.dataplane_yaml)?;
+        let readiness_port = free_port();
+        let admin_port = free_port();
+        let mut command = Command::new(binary("kuma-dp"));
+        command
+            .arg("run")
+            .arg("--cp-address")
+            .arg(format!("https://{}", options.cp_dp_address))
+            .arg("--ca-cert-file")
+            .arg(options.cp_data_dir.join("dp-server-ca.pem"))
+            .arg("--dataplane-file")
+            .arg(&dataplane_file)
+            .arg("--dataplane-token-file")
+            .arg(&options.token_file)
+            .arg("--binary-path")
+            .arg(envoy_binary())
+            .arg("--work-dir")
+            .arg(&options.work_dir)
+            .arg("--admin-port")
+            .arg(admin_port.to_string())
+            .arg("--concurrency")
+            .arg("1")
+            .arg("--drain-time")
+            .arg("1s")
+            .arg("--envoy-log-level")
+            .arg("warning")
+            .args(&options.args)
+            .env("KUMA_READINESS_PORT", readiness_port.to_string())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("spawning kuma-dp")?;
+        let logs = capture(&mut child);
+        Ok(KumaDp {
+            child: Some(child),
+            work_dir: options.work_dir.clone(),
+            readiness_port,
+            admin_port,
+            logs,
+        })
+    }
+
+    /// The process id of the agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The pid of the agent's Envoy child, if one runs.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        let out = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Everything the agent (and Envoy) printed so far.
+    pub fn logs_text(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// `GET /ready` of the agent: the status code, or `None` when nothing answers.
+    pub fn ready_status(&self) -> Option<u16> {
+        http_get(self.readiness_port, "/ready").map(|(status, _)| status)
+    }
+
+    /// `GET /metrics` of the agent.
+    pub fn metrics(&self) -> Option<String> {
+        http_get(self.readiness_port, "/metrics").map(|(_, body)| body)
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        eventually(timeout, || (self.ready_status() == Some(200)).then_some(()))
+            .with_context(|| format!("kuma-dp not ready; logs:\n{}", self.logs_text()))
+    }
+
+    /// Serial numbers (lower-case hex) of the certificates Envoy serves (`/certs`).
+    pub fn envoy_cert_serials(&self) -> Vec<String> {
+        let Some((200, body)) = http_get(self.admin_port, "/certs") else {
+            return Vec::new();
+        };
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        json["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+            .filter_map(|c| c["serial_number"].as_str().map(str::to_lowercase))
+            .collect()
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the agent.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the agent to exit, returning its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = eventually(timeout, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for KumaDp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM twice: the second cuts the drain, so Envoy is stopped by the agent.
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            if eventually(Duration::from_secs(10), || child.try_wait().ok().flatten()).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Collects a child's stdout and stderr lines.
+fn capture(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                logs.lock().expect("log lock").push(line);
+            }
+        });
+    }
+    logs
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`: status and body, or `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
 /// Runs `openssl` with `args`, returning stdout+stderr and whether it succeeded.
 pub fn openssl(args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new("openssl")

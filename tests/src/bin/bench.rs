@@ -37,10 +37,7 @@ fn main() -> Result<()> {
         .build()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cp = CpLite::start_with_env(
-        &data,
-        &[("KUMA_STORE_TYPE", "memory"), ("KUMA_LOG_LEVEL", "warn")],
-    )?;
+    let cp = CpLite::start_with_env(&data, &[("KUMA_STORE_TYPE", "memory")])?;
     runtime.block_on(async {
         let (rate, p99) = end_to_end(&cp, &data, "p256", &p256, &csrs).await?;
         println!("csr_sign_e2e_per_s: {rate:.0} signings/s");

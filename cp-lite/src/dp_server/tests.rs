@@ -303,7 +303,10 @@ fn assert_dp1_certificate(response: &SignCertificateResponse) {
     let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
     // dpCert.rotation.expiration 1d, plus the not-before backdating (60 s) and NotAfter rounded
     // up to the second.
-    assert!((86_400 + 60..=86_400 + 61).contains(&lifetime), "{lifetime}");
+    assert!(
+        (86_400 + 60..=86_400 + 61).contains(&lifetime),
+        "{lifetime}"
+    );
     let now = OffsetDateTime::now_utc().unix_timestamp();
     assert!(leaf.validity().not_before.timestamp() <= now);
 }

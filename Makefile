@@ -29,3 +29,4 @@ build:
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	@$(CARGO) run --quiet --release -p integration-tests --bin bench
+	@$(CARGO) run --quiet --release -p integration-tests --bin bench_agent

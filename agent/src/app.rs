@@ -3,8 +3,8 @@
 //!
 //! Envoy starts only once the SDS/ADS socket serves, the Dataplane is registered, the first view
 //! has arrived and, when the mesh has mTLS on, a certificate is held. Everything secret stays in
-//! memory: the work dir holds the bootstrap (no secret in it), the socket and Envoy's admin
-//! address file.
+//! memory: the work dir holds the bootstrap (`bootstrap.pb`, no secret in it), the socket and
+//! Envoy's admin address file.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -30,8 +30,10 @@ use crate::xds;
 
 /// The Unix socket Envoy reaches the agent on, in the work dir.
 pub const XDS_SOCKET_FILE: &str = "xds.sock";
-/// The Envoy bootstrap, in the work dir.
-pub const BOOTSTRAP_FILE: &str = "bootstrap.yaml";
+/// The Envoy bootstrap, in the work dir: binary protobuf, which Envoy reads by its `.pb`
+/// extension. Rendering YAML would need the protobuf descriptors in memory (about 6 MiB) for the
+/// agent's whole life; Envoy's admin `/config_dump` shows the same configuration as JSON.
+pub const BOOTSTRAP_FILE: &str = "bootstrap.pb";
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,6 @@ pub enum AppError {
     /// The Dataplane returned by the control plane could not be read.
     #[error("the control plane returned a Dataplane the agent cannot read: {0}")]
     Dataplane(String),
-    /// The bootstrap could not be rendered.
-    #[error("could not render the Envoy bootstrap")]
-    Bootstrap(#[source] envoy_bootstrap::RenderError),
     /// The control plane refused the Dataplane for good.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -93,10 +92,13 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         warn!(variable = %var, "the Dataplane template uses a variable no --dataplane-var sets");
     }
 
-    // Fail fast on what needs no control plane: the Envoy binary and the work dir.
+    // Fail fast on what needs no control plane: the Envoy binary and the work dir. `envoy
+    // --version` takes tens of milliseconds, so it runs while the first certificate is fetched.
     let binary = envoy::lookup_binary(&config.binary_path)?;
-    let envoy_version = envoy::version(&binary).await?;
-    info!(binary = %binary.display(), version = %envoy_version.version, "found Envoy");
+    let version_check = tokio::spawn({
+        let binary = binary.clone();
+        async move { envoy::version(&binary).await }
+    });
     let (work_dir, _temp_dir) = work_dir(config.work_dir.as_deref())?;
 
     let token = TokenSource::new(config.token.clone());
@@ -144,6 +146,10 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         }
     };
     let dataplane = ready.map_err(AppError::Dataplane)?;
+    let envoy_version = version_check
+        .await
+        .map_err(|join| AppError::Dataplane(join.to_string()))??;
+    info!(binary = %binary.display(), version = %envoy_version.version, "found Envoy");
     let mesh = dataplane.mesh.clone();
     info!(mesh = %mesh, name = %dataplane.name, "Dataplane registered, first configuration held");
 
@@ -170,9 +176,9 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
         xds_socket: socket.clone(),
         agent_version: VERSION.to_string(),
     });
-    let bootstrap = envoy_bootstrap::render_json(&bootstrap).map_err(AppError::Bootstrap)?;
+    let bootstrap = prost::Message::encode_to_vec(&bootstrap);
     let bootstrap_path = work_dir.join(BOOTSTRAP_FILE);
-    write_private(&bootstrap_path, bootstrap.as_bytes()).map_err(|source| AppError::WorkDir {
+    write_private(&bootstrap_path, &bootstrap).map_err(|source| AppError::WorkDir {
         path: bootstrap_path.clone(),
         source,
     })?;

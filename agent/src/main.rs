@@ -50,7 +50,12 @@ fn main() -> ExitCode {
         EnvFilter::try_from_env("KUMA_DP_LOG_FILTER").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread is plenty for a sidecar agent (its work is a few RPCs and a CSR now and then),
+    // and keeps its memory small next to the application it serves.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("Error: could not start the runtime: {e}");

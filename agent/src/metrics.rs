@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Outcome label of certificate rotations.
@@ -27,6 +28,7 @@ pub struct Metrics {
     nacks: Counter,
     envoy_restarts: Counter,
     cp_connected: Gauge<i64, AtomicI64>,
+    ack_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,18 @@ impl Metrics {
             "1 while the view stream to the control plane is open, else 0",
             cp_connected.clone(),
         );
+        // 0.25 ms .. 4 s: an ACK normally comes within milliseconds of a push.
+        let ack_latency = Histogram::new(
+            [
+                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 4.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "xds_ack_latency_seconds",
+            "Time from a response pushed to Envoy to its ACK",
+            ack_latency.clone(),
+        );
         Metrics {
             registry,
             cert_expiration,
@@ -86,6 +100,7 @@ impl Metrics {
             nacks,
             envoy_restarts,
             cp_connected,
+            ack_latency,
         }
     }
 
@@ -128,6 +143,11 @@ impl Metrics {
         self.nacks.inc();
     }
 
+    /// Records how long Envoy took to ACK a response.
+    pub fn acked(&self, latency: std::time::Duration) {
+        self.ack_latency.observe(latency.as_secs_f64());
+    }
+
     /// Counts an Envoy restart.
     pub fn envoy_restarted(&self) {
         self.envoy_restarts.inc();
@@ -165,6 +185,7 @@ mod tests {
         metrics.nacked();
         metrics.envoy_restarted();
         metrics.set_control_plane_connected(true);
+        metrics.acked(std::time::Duration::from_micros(300));
         let text = metrics.encode();
         for line in [
             "kuma_dp_certificate_expiration_timestamp_seconds 1700000000",
@@ -175,6 +196,7 @@ mod tests {
             "kuma_dp_xds_nacks_total 1",
             "kuma_dp_envoy_restarts_total 1",
             "kuma_dp_control_plane_connected 1",
+            "kuma_dp_xds_ack_latency_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

@@ -361,6 +361,8 @@ pub struct KumaDpOptions {
     pub work_dir: PathBuf,
     /// Extra flags.
     pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl KumaDp {
@@ -396,6 +398,7 @@ impl KumaDp {
             .args(&options.args)
             .env("KUMA_READINESS_PORT", readiness_port.to_string())
             .env("NO_COLOR", "1")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

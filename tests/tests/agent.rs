@@ -77,6 +77,7 @@ impl Mesh {
             token_file: self.token_file.clone(),
             work_dir: self.dir.path().join("work"),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 

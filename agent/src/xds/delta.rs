@@ -41,6 +41,8 @@ struct TypeState {
     known: BTreeMap<String, String>,
     /// Nonce of the last response.
     nonce: Option<String>,
+    /// When the last response was built, for the push-to-ACK latency.
+    sent_at: Option<std::time::Instant>,
     /// Whether a response was ever sent for the type.
     answered: bool,
 }
@@ -96,7 +98,9 @@ impl DeltaStream {
                 );
                 metrics.nacked();
             } else {
-                debug!(%type_url, nonce = %request.response_nonce, "ACK");
+                let latency = state.sent_at.map(|at| at.elapsed()).unwrap_or_default();
+                metrics.acked(latency);
+                debug!(%type_url, nonce = %request.response_nonce, latency_us = latency.as_micros(), "ACK");
             }
         }
         for name in request.resource_names_subscribe {
@@ -187,6 +191,7 @@ impl DeltaStream {
         let nonce = self.last_nonce.to_string();
         state.answered = true;
         state.nonce = Some(nonce.clone());
+        state.sent_at = Some(std::time::Instant::now());
         debug!(
             %type_url,
             version = snapshot.version,

@@ -37,6 +37,8 @@ struct TypeState {
     nonce: Option<String>,
     /// Fingerprint of the last response's resources.
     sent: Option<[u8; 32]>,
+    /// When the last response was built, for the push-to-ACK latency.
+    sent_at: Option<std::time::Instant>,
 }
 
 impl SotwStream {
@@ -83,7 +85,11 @@ impl SotwStream {
                     );
                     metrics.nacked();
                 }
-                None => debug!(%type_url, version = %request.version_info, "ACK"),
+                None => {
+                    let latency = state.sent_at.map(|at| at.elapsed()).unwrap_or_default();
+                    metrics.acked(latency);
+                    debug!(%type_url, version = %request.version_info, latency_us = latency.as_micros(), "ACK");
+                }
             }
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
@@ -131,6 +137,7 @@ impl SotwStream {
         let nonce = self.last_nonce.to_string();
         state.sent = Some(digest);
         state.nonce = Some(nonce.clone());
+        state.sent_at = Some(std::time::Instant::now());
         debug!(
             %type_url,
             version = snapshot.version,

@@ -80,12 +80,9 @@ impl Metrics {
             cp_connected.clone(),
         );
         // 0.25 ms .. 4 s: an ACK normally comes within milliseconds of a push.
-        let ack_latency = Histogram::new(
-            [
-                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 4.0,
-            ]
-            .into_iter(),
-        );
+        let ack_latency = Histogram::new([
+            0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 4.0,
+        ]);
         registry.register(
             "xds_ack_latency_seconds",
             "Time from a response pushed to Envoy to its ACK",

@@ -66,6 +66,9 @@ pub enum AppError {
     /// The control plane refused the Dataplane for good.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// A task of the agent panicked.
+    #[error("an agent task failed: {0}")]
+    Task(String),
     /// Signal handlers could not be installed.
     #[error("could not install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -95,7 +98,7 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
     // Fail fast on what needs no control plane: the Envoy binary and the work dir. `envoy
     // --version` takes tens of milliseconds, so it runs while the first certificate is fetched.
     let binary = envoy::lookup_binary(&config.binary_path)?;
-    let version_check = tokio::spawn({
+    let mut version_check = tokio::spawn({
         let binary = binary.clone();
         async move { envoy::version(&binary).await }
     });
@@ -130,25 +133,38 @@ async fn run_until_stopped(config: Config, shutdown: CancellationToken) -> Resul
                 source,
             })?;
 
-    // Wait for the registered Dataplane, the first view and, with mTLS on, a certificate.
-    let ready = tokio::select! {
-        ready = first_config(&mut registered, views.clone(), identity.clone()) => ready,
-        joined = &mut identity_task => {
-            return match joined {
-                Ok(Ok(())) => Ok(0),
-                Ok(Err(error)) => Err(error.into()),
-                Err(join) => Err(AppError::Dataplane(join.to_string())),
-            };
-        }
-        () = first_stop_signal() => {
-            info!("received signal before Envoy started, stopping");
-            return Ok(0);
+    // Wait for the registered Dataplane, the first view and, with mTLS on, a certificate; a
+    // wrong Envoy binary found meanwhile ends the agent at once.
+    let first = first_config(&mut registered, views.clone(), identity.clone());
+    tokio::pin!(first);
+    let mut envoy_version = None;
+    let ready = loop {
+        tokio::select! {
+            ready = &mut first => break ready,
+            checked = &mut version_check, if envoy_version.is_none() => {
+                let checked = checked.map_err(|join| AppError::Task(join.to_string()))??;
+                envoy_version = Some(checked);
+            }
+            joined = &mut identity_task => {
+                return match joined {
+                    Ok(Ok(())) => Ok(0),
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(join) => Err(AppError::Task(join.to_string())),
+                };
+            }
+            () = first_stop_signal() => {
+                info!("received signal before Envoy started, stopping");
+                return Ok(0);
+            }
         }
     };
     let dataplane = ready.map_err(AppError::Dataplane)?;
-    let envoy_version = version_check
-        .await
-        .map_err(|join| AppError::Dataplane(join.to_string()))??;
+    let envoy_version = match envoy_version {
+        Some(version) => version,
+        None => version_check
+            .await
+            .map_err(|join| AppError::Task(join.to_string()))??,
+    };
     info!(binary = %binary.display(), version = %envoy_version.version, "found Envoy");
     let mesh = dataplane.mesh.clone();
     info!(mesh = %mesh, name = %dataplane.name, "Dataplane registered, first configuration held");

@@ -91,27 +91,7 @@ impl CpLite {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().context("spawning cp-lite")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    logs.lock().expect("log lock").push(line);
-                }
-            });
-        }
+        let logs = capture(&mut child);
         let mut cp = CpLite {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
@@ -305,6 +285,20 @@ impl Kumactl {
         Ok(())
     }
 
+    /// `kumactl generate dataplane-token <args>`: the token, printed without a newline.
+    pub fn dataplane_token(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["generate", "dataplane-token"];
+        all.extend_from_slice(args);
+        let out = self.run(&all)?;
+        if !out.success {
+            bail!("kumactl generate dataplane-token failed: {}", out.all());
+        }
+        if out.stdout.ends_with('\n') {
+            bail!("the token is printed with a newline");
+        }
+        Ok(out.stdout)
+    }
+
     /// `kumactl get ... -o json`, parsed.
     pub fn get_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["get"];
@@ -331,6 +325,18 @@ pub fn envoy_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A DER PKCS#10 request for a fresh P-256 key with an empty subject and the given URI SANs.
+pub fn p256_csr(sans: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| rcgen::SanType::URI(s.to_string().try_into().expect("an IA5 URI")))
+        .collect();
+    params.serialize_request(&key).expect("CSR").der().to_vec()
 }
 
 /// A TCP port that was free a moment ago, on 127.0.0.1.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use integration_tests::{CpLite, Kumactl, dp};
+use integration_tests::{CpLite, Kumactl, dp, p256_csr};
 
 const MESH: &str = "
 type: Mesh
@@ -290,25 +290,6 @@ fn provided_roots_that_break_a_rule_are_refused_with_kumas_format() {
     assert!(out.success, "{}", out.all());
 }
 
-fn generate_token(kumactl: &Kumactl, args: &[&str]) -> String {
-    let mut all = vec!["generate", "dataplane-token"];
-    all.extend_from_slice(args);
-    let out = kumactl.run(&all).unwrap();
-    assert!(out.success, "{}", out.all());
-    out.stdout
-}
-
-fn csr(sans: &[&str]) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = sans
-        .iter()
-        .map(|s| rcgen::SanType::URI(s.to_string().try_into().unwrap()))
-        .collect();
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 fn assert_status(
     result: Result<impl std::fmt::Debug, tonic::Status>,
     code: tonic::Code,
@@ -333,25 +314,37 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
     f.kumactl
         .apply("type: Mesh\nname: other\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n")
         .unwrap();
-    let good = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1h"]);
-    let foreign = generate_token(&f.kumactl, &["--mesh", "other", "--valid-for", "1h"]);
-    let wrong_name = generate_token(
-        &f.kumactl,
-        &["--mesh", "default", "--name", "dp-2", "--valid-for", "1h"],
-    );
-    let wrong_tag = generate_token(
-        &f.kumactl,
-        &[
+    let good = f
+        .kumactl
+        .dataplane_token(&["--mesh", "default", "--valid-for", "1h"])
+        .unwrap();
+    let foreign = f
+        .kumactl
+        .dataplane_token(&["--mesh", "other", "--valid-for", "1h"])
+        .unwrap();
+    let wrong_name = f
+        .kumactl
+        .dataplane_token(&["--mesh", "default", "--name", "dp-2", "--valid-for", "1h"])
+        .unwrap();
+    let wrong_tag = f
+        .kumactl
+        .dataplane_token(&[
             "--mesh",
             "default",
             "--tag",
             "kuma.io/service=backend",
             "--valid-for",
             "1h",
-        ],
-    );
-    let short = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1s"]);
-    let revoked = generate_token(&f.kumactl, &["--mesh", "default", "--valid-for", "1h"]);
+        ])
+        .unwrap();
+    let short = f
+        .kumactl
+        .dataplane_token(&["--mesh", "default", "--valid-for", "1s"])
+        .unwrap();
+    let revoked = f
+        .kumactl
+        .dataplane_token(&["--mesh", "default", "--valid-for", "1h"])
+        .unwrap();
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(&parts[1])
@@ -369,34 +362,34 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
 
         let unauthenticated = tonic::Code::Unauthenticated;
         assert_status(
-            dp::sign(&mut client, "this-is-not-valid-jwt-token", "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, "this-is-not-valid-jwt-token", "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "token is malformed: token contains an invalid number of segments",
         );
         assert_status(
-            dp::sign(&mut client, &tampered, "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, &tampered, "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "token signature is invalid: crypto/rsa: verification error",
         );
         assert_status(
-            dp::sign(&mut client, &foreign, "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, &foreign, "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "token signature is invalid",
         );
         assert_status(
-            dp::sign(&mut client, &wrong_name, "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, &wrong_name, "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "proxy name from requestor: dp-1 is different than in token: dp-2",
         );
         assert_status(
-            dp::sign(&mut client, &wrong_tag, "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, &wrong_tag, "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "dataplane contains tag \"kuma.io/service\" with value \"web\" which is not allowed with this token. Allowed values in token are [\"backend\"]",
         );
 
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_status(
-            dp::sign(&mut client, &short, "default", "dp-1", csr(&[])).await,
+            dp::sign(&mut client, &short, "default", "dp-1", p256_csr(&[])).await,
             unauthenticated,
             "token is expired",
         );
@@ -407,7 +400,7 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap(),
         )
         .unwrap();
-        dp::sign(&mut client, &revoked, "default", "dp-1", csr(&[])).await.unwrap();
+        dp::sign(&mut client, &revoked, "default", "dp-1", p256_csr(&[])).await.unwrap();
         let list = base64::engine::general_purpose::STANDARD.encode(claims["jti"].as_str().unwrap());
         f.kumactl
             .apply(&format!(
@@ -417,7 +410,7 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
         // Bounded: the change reaches the DP server's snapshot within a few polls.
         let mut revoked_result = None;
         for _ in 0..100 {
-            let result = dp::sign(&mut client, &revoked, "default", "dp-1", csr(&[])).await;
+            let result = dp::sign(&mut client, &revoked, "default", "dp-1", p256_csr(&[])).await;
             if result.is_err() {
                 revoked_result = Some(result);
                 break;
@@ -434,7 +427,7 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
             "csr",
         );
         assert_status(
-            dp::sign(&mut client, &good, "default", "dp-1", csr(&["spiffe://default/admin"])).await,
+            dp::sign(&mut client, &good, "default", "dp-1", p256_csr(&["spiffe://default/admin"])).await,
             tonic::Code::InvalidArgument,
             "spiffe://default/admin",
         );
@@ -443,7 +436,7 @@ fn bad_tokens_and_csrs_are_refused_over_grpc() {
         assert!(result.is_err(), "an oversized request was accepted");
 
         // A CSR asking for exactly its own identity is fine.
-        dp::sign(&mut client, &good, "default", "dp-1", csr(&["spiffe://default/web"]))
+        dp::sign(&mut client, &good, "default", "dp-1", p256_csr(&["spiffe://default/web"]))
             .await
             .unwrap();
     });

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
-use integration_tests::{CpLite, Kumactl, dp, openssl};
+use integration_tests::{CpLite, Kumactl, dp, openssl, p256_csr};
 
 const MESH: &str = "
 type: Mesh
@@ -38,27 +38,14 @@ fn b64url(part: &str) -> Vec<u8> {
         .expect("base64url")
 }
 
-fn generate_token(kumactl: &Kumactl, args: &[&str]) -> String {
-    let mut all = vec!["generate", "dataplane-token"];
-    all.extend_from_slice(args);
-    let out = kumactl.run(&all).unwrap();
-    assert!(out.success, "{}", out.all());
-    assert!(
-        !out.stdout.ends_with('\n'),
-        "the token is printed without a newline"
-    );
-    out.stdout
-}
-
 #[test]
 fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
     let dir = tempfile::tempdir().unwrap();
     let cp = CpLite::start(&dir.path().join("data")).unwrap();
     let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
     kumactl.apply(MESH).unwrap();
-    let token = generate_token(
-        &kumactl,
-        &[
+    let token = kumactl
+        .dataplane_token(&[
             "--name",
             "dp-1",
             "--mesh",
@@ -67,8 +54,8 @@ fn token_signature_verifies_with_openssl_and_claims_are_kumas() {
             "kuma.io/service=web,web-api",
             "--valid-for",
             "24h",
-        ],
-    );
+        ])
+        .unwrap();
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "{token}");
     let header: serde_json::Value = serde_json::from_slice(&b64url(parts[0])).unwrap();
@@ -174,17 +161,6 @@ fn admin_server_issues_tokens_on_loopback() {
     assert_eq!(token.split('.').count(), 3, "{token}");
 }
 
-fn p256_csr(sans: &[&str]) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = sans
-        .iter()
-        .map(|s| rcgen::SanType::URI(s.to_string().try_into().unwrap()))
-        .collect();
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 #[test]
 fn a_signed_leaf_passes_openssl_verify_against_the_mesh_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,10 +168,9 @@ fn a_signed_leaf_passes_openssl_verify_against_the_mesh_ca() {
     let cp = CpLite::start(&data).unwrap();
     let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
     kumactl.apply(MESH).unwrap();
-    let token = generate_token(
-        &kumactl,
-        &["--name", "dp-1", "--mesh", "default", "--valid-for", "1h"],
-    );
+    let token = kumactl
+        .dataplane_token(&["--name", "dp-1", "--mesh", "default", "--valid-for", "1h"])
+        .unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let response = runtime.block_on(async {
@@ -259,7 +234,9 @@ fn inspect_dataplanes_shows_the_reported_certificate() {
     let cp = CpLite::start(&data).unwrap();
     let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
     kumactl.apply(MESH).unwrap();
-    let token = generate_token(&kumactl, &["--mesh", "default", "--valid-for", "1h"]);
+    let token = kumactl
+        .dataplane_token(&["--mesh", "default", "--valid-for", "1h"])
+        .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = dp::connect(&data, cp.dp).await.unwrap();

@@ -17,9 +17,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use self::gather::GatheredWrites;
 use crate::manager::ResourceManager;
 
 mod auth;
+mod gather;
 mod insight;
 mod service;
 mod snapshot;
@@ -45,6 +47,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a keepalive ping may go unanswered before the connection is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An established agent connection, as the gRPC server sees it.
+type Connection = GatheredWrites<TlsStream<TcpStream>>;
 
 /// How the DP server authenticates agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +124,7 @@ pub async fn serve(
     options: DpServerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), DpServerError> {
-    let (connections, incoming) = mpsc::channel::<io::Result<TlsStream<TcpStream>>>(64);
+    let (connections, incoming) = mpsc::channel::<io::Result<Connection>>(64);
     let acceptor = TlsAcceptor::from(tls);
     tokio::spawn(
         accept_loop(listener, acceptor, connections, shutdown.clone())
@@ -143,7 +148,7 @@ pub async fn serve(
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    connections: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+    connections: mpsc::Sender<io::Result<Connection>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -170,7 +175,7 @@ async fn accept_loop(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         // The server is gone when this fails; the connection is just dropped.
-                        let _ = connections.send(Ok(stream)).await;
+                        let _ = connections.send(Ok(GatheredWrites::new(stream))).await;
                     }
                     Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake timed out"),

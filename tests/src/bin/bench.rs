@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use cp_lite::ca::Issuer;
-use cp_lite::tokens::{self, DataplaneClaims, RevocationList, SigningKey};
+use cp_lite::tokens::{self, DataplaneClaims, RevocationList, SigningKey, VerificationKey};
 use cp_lite_api::v1::{SignCertificateRequest, SignCertificateResponse};
 use integration_tests::{CpLite, dp};
 use prost::Message as _;
@@ -28,10 +28,14 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// How long each measurement runs.
-const MEASURE: Duration = Duration::from_secs(5);
-/// How long the end-to-end clients run before the measurement starts (connections, HPACK
+const MEASURE: Duration = Duration::from_secs(3);
+/// Rounds of (raw, end-to-end) measurements, back to back; the figures are their medians, and
+/// the ratio is the median of each round's ratio, so that a load change on the machine between
+/// the raw and the end-to-end measurement does not skew it.
+const ROUNDS: usize = 3;
+/// How long the end-to-end clients run before each measurement starts (connections, HPACK
 /// tables and allocator warm).
-const WARM_UP: Duration = Duration::from_secs(1);
+const WARM_UP: Duration = Duration::from_millis(500);
 /// Concurrent clients of the end-to-end measurement.
 const CLIENTS: usize = 64;
 /// Distinct pre-built CSRs, cycled through.
@@ -39,32 +43,35 @@ const CSRS: usize = 256;
 
 fn main() -> Result<()> {
     let csrs = Arc::new(build_csrs()?);
-    let p256 = p256_ca()?;
-    let rsa = rsa_ca()?;
-
-    let raw = raw_per_second(&p256, &csrs)?;
-    println!("csr_sign_raw_per_s: {raw:.0} signings/s");
-    let raw_rsa = raw_per_second(&rsa, &csrs)?;
-    println!("csr_sign_raw_rsa_per_s: {raw_rsa:.0} signings/s");
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let cp = CpLite::start_with_env(&data, &[("KUMA_STORE_TYPE", "memory")])?;
-    runtime.block_on(async {
-        let (rate, p99) = end_to_end(&cp, &data, "p256", &p256, &csrs).await?;
-        println!("csr_sign_e2e_per_s: {rate:.0} signings/s");
-        println!("csr_sign_e2e_p99_ms: {p99:.2} ms");
-        println!("csr_sign_e2e_ratio: {:.2} of raw", rate / raw);
-        let (rate, p99) = end_to_end(&cp, &data, "rsa", &rsa, &csrs).await?;
-        println!("csr_sign_e2e_rsa_per_s: {rate:.0} signings/s");
-        println!("csr_sign_e2e_rsa_p99_ms: {p99:.2} ms");
-        println!("csr_sign_e2e_rsa_ratio: {:.2} of raw", rate / raw_rsa);
-        anyhow::Ok(())
-    })?;
+    for (suffix, mesh, ca) in [("", "p256", p256_ca()?), ("_rsa", "rsa", rsa_ca()?)] {
+        let raw = Raw::new(&ca)?;
+        let mut e2e = runtime.block_on(EndToEnd::set_up(&cp, &data, mesh, &ca, &csrs))?;
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let raw = raw.per_second(&csrs)?;
+            let (rate, p99) = runtime.block_on(e2e.run())?;
+            rounds.push([raw, rate, p99, rate / raw]);
+        }
+        let [raw, rate, p99, ratio] = [0, 1, 2, 3].map(|i| median(rounds.iter().map(|r| r[i])));
+        println!("csr_sign_raw{suffix}_per_s: {raw:.0} signings/s");
+        println!("csr_sign_e2e{suffix}_per_s: {rate:.0} signings/s");
+        println!("csr_sign_e2e{suffix}_p99_ms: {p99:.2} ms");
+        println!("csr_sign_e2e{suffix}_ratio: {ratio:.2} of raw");
+    }
     Ok(())
+}
+
+/// The median of `values` (the upper one of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A CA certificate and key in PEM.
@@ -115,187 +122,225 @@ fn build_csrs() -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Token verify + CSR verify + leaf sign on every core for [`MEASURE`].
-fn raw_per_second(ca: &Ca, csrs: &Arc<Vec<Vec<u8>>>) -> Result<f64> {
-    let issuer = Arc::new(Issuer::from_pem(
-        ca.cert_pem.as_bytes(),
-        ca.key_pem.as_bytes(),
-    )?);
-    let signing_key = SigningKey::generate()?;
-    let claims = DataplaneClaims {
-        name: "dp-1".to_string(),
-        mesh: "default".to_string(),
-        ..DataplaneClaims::default()
-    };
-    let token = tokens::issue(
-        &signing_key,
-        1,
-        &claims,
-        Duration::from_secs(3600),
-        OffsetDateTime::now_utc(),
-    )?;
-    let token = Arc::new(token.as_str().to_string());
-    let verification = signing_key.verification_key();
-    let identities = Arc::new(vec![
-        "spiffe://default/web".to_string(),
-        "kuma://kuma.io/service/web".to_string(),
-    ]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let (issuer, token, verification, identities, csrs, stop, count) = (
-            issuer.clone(),
-            token.clone(),
-            verification.clone(),
-            identities.clone(),
-            csrs.clone(),
-            stop.clone(),
-            count.clone(),
-        );
-        handles.push(std::thread::spawn(move || -> Result<()> {
-            let revoked = RevocationList::empty();
-            let mut i = t;
-            while !stop.load(Ordering::Relaxed) {
-                let now = OffsetDateTime::now_utc();
-                let keys = |kid: u32| (kid == 1).then(|| verification.clone());
-                tokens::verify(&token, "default", &keys, &revoked, now, false)?;
-                issuer.sign_csr(
-                    &csrs[i % csrs.len()],
-                    &identities,
-                    Duration::from_secs(3600),
-                    now,
-                )?;
-                count.fetch_add(1, Ordering::Relaxed);
-                i += threads;
-            }
-            Ok(())
-        }));
-    }
-    let start = Instant::now();
-    std::thread::sleep(MEASURE);
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+/// The crypto the DP server does per request, with one CA and one token.
+struct Raw {
+    issuer: Arc<Issuer>,
+    token: Arc<String>,
+    verification: VerificationKey,
+    identities: Arc<Vec<String>>,
 }
 
-/// Sets up mesh `mesh` with `ca` as its provided CA, then runs [`CLIENTS`] concurrent clients
-/// for [`MEASURE`]; returns signings per second and the p99 latency in milliseconds.
-async fn end_to_end(
-    cp: &CpLite,
-    data: &std::path::Path,
-    mesh: &str,
-    ca: &Ca,
-    csrs: &Arc<Vec<Vec<u8>>>,
-) -> Result<(f64, f64)> {
-    let http = reqwest::Client::new();
-    let api = cp.api_url();
-    let put = |url: String, body: serde_json::Value| {
-        let http = http.clone();
-        async move {
-            let response = http.put(&url).json(&body).send().await?;
-            if !response.status().is_success() {
-                bail!(
-                    "PUT {url}: {} {}",
-                    response.status(),
-                    response.text().await?
-                );
-            }
-            anyhow::Ok(())
+impl Raw {
+    fn new(ca: &Ca) -> Result<Self> {
+        let issuer = Arc::new(Issuer::from_pem(
+            ca.cert_pem.as_bytes(),
+            ca.key_pem.as_bytes(),
+        )?);
+        let signing_key = SigningKey::generate()?;
+        let claims = DataplaneClaims {
+            name: "dp-1".to_string(),
+            mesh: "default".to_string(),
+            ..DataplaneClaims::default()
+        };
+        let token = tokens::issue(
+            &signing_key,
+            1,
+            &claims,
+            Duration::from_secs(3600),
+            OffsetDateTime::now_utc(),
+        )?;
+        Ok(Raw {
+            issuer,
+            token: Arc::new(token.as_str().to_string()),
+            verification: signing_key.verification_key(),
+            identities: Arc::new(vec![
+                "spiffe://default/web".to_string(),
+                "kuma://kuma.io/service/web".to_string(),
+            ]),
+        })
+    }
+
+    /// Token verify + CSR verify + leaf sign on every core for [`MEASURE`]: signings per
+    /// second.
+    fn per_second(&self, csrs: &Arc<Vec<Vec<u8>>>) -> Result<f64> {
+        let Raw {
+            issuer,
+            token,
+            verification,
+            identities,
+        } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (issuer, token, verification, identities, csrs, stop, count) = (
+                issuer.clone(),
+                token.clone(),
+                verification.clone(),
+                identities.clone(),
+                csrs.clone(),
+                stop.clone(),
+                count.clone(),
+            );
+            handles.push(std::thread::spawn(move || -> Result<()> {
+                let revoked = RevocationList::empty();
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = OffsetDateTime::now_utc();
+                    let keys = |kid: u32| (kid == 1).then(|| verification.clone());
+                    tokens::verify(&token, "default", &keys, &revoked, now, false)?;
+                    issuer.sign_csr(
+                        &csrs[i % csrs.len()],
+                        &identities,
+                        Duration::from_secs(3600),
+                        now,
+                    )?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += threads;
+                }
+                Ok(())
+            }));
         }
-    };
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    put(
-        format!("{api}/meshes/{mesh}"),
-        serde_json::json!({"type": "Mesh", "name": mesh}),
-    )
-    .await?;
-    put(
+        let start = Instant::now();
+        std::thread::sleep(MEASURE);
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        }
+        Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    }
+}
+
+/// [`CLIENTS`] connected clients, each with its own connection, and the requests they send.
+struct EndToEnd {
+    clients: Vec<SignClient>,
+    bodies: Arc<Vec<Bytes>>,
+}
+
+impl EndToEnd {
+    /// Sets up mesh `mesh` with `ca` as its provided CA, registers `dp-1` and connects the clients.
+    async fn set_up(
+        cp: &CpLite,
+        data: &std::path::Path,
+        mesh: &str,
+        ca: &Ca,
+        csrs: &Arc<Vec<Vec<u8>>>,
+    ) -> Result<Self> {
+        let http = reqwest::Client::new();
+        let api = cp.api_url();
+        let put = |url: String, body: serde_json::Value| {
+            let http = http.clone();
+            async move {
+                let response = http.put(&url).json(&body).send().await?;
+                if !response.status().is_success() {
+                    bail!(
+                        "PUT {url}: {} {}",
+                        response.status(),
+                        response.text().await?
+                    );
+                }
+                anyhow::Ok(())
+            }
+        };
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        put(
+            format!("{api}/meshes/{mesh}"),
+            serde_json::json!({"type": "Mesh", "name": mesh}),
+        )
+        .await?;
+        put(
         format!("{api}/meshes/{mesh}/secrets/ca-cert"),
         serde_json::json!({"type": "Secret", "mesh": mesh, "name": "ca-cert", "data": b64(&ca.cert_pem)}),
     )
     .await?;
-    put(
+        put(
         format!("{api}/meshes/{mesh}/secrets/ca-key"),
         serde_json::json!({"type": "Secret", "mesh": mesh, "name": "ca-key", "data": b64(&ca.key_pem)}),
     )
     .await?;
-    put(
+        put(
         format!("{api}/meshes/{mesh}"),
         serde_json::json!({"type": "Mesh", "name": mesh, "mtls": {"enabledBackend": "ca-1", "backends": [
             {"name": "ca-1", "type": "provided", "conf": {"cert": {"secret": "ca-cert"}, "key": {"secret": "ca-key"}}}
         ]}}),
     )
     .await?;
-    let response = http
-        .post(format!("{api}/tokens/dataplane"))
-        .json(&serde_json::json!({"name": "dp-1", "mesh": mesh, "validFor": "1h"}))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("token: {} {}", response.status(), response.text().await?);
-    }
-    let token = Arc::new(response.text().await?);
-    let dataplane = format!(
-        "type: Dataplane\nmesh: {mesh}\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    servicePort: 8080\n    tags:\n      kuma.io/service: web\n"
-    );
-    let mut client = dp::connect(data, cp.dp).await?;
-    dp::register(&mut client, &token, mesh, "dp-1", &dataplane).await?;
-    dp::sign(&mut client, &token, mesh, "dp-1", csrs[0].clone())
-        .await
-        .context("first signing")?;
+        let response = http
+            .post(format!("{api}/tokens/dataplane"))
+            .json(&serde_json::json!({"name": "dp-1", "mesh": mesh, "validFor": "1h"}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("token: {} {}", response.status(), response.text().await?);
+        }
+        let token = Arc::new(response.text().await?);
+        let dataplane = format!(
+            "type: Dataplane\nmesh: {mesh}\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 10001\n    servicePort: 8080\n    tags:\n      kuma.io/service: web\n"
+        );
+        let mut client = dp::connect(data, cp.dp).await?;
+        dp::register(&mut client, &token, mesh, "dp-1", &dataplane).await?;
+        dp::sign(&mut client, &token, mesh, "dp-1", csrs[0].clone())
+            .await
+            .context("first signing")?;
 
-    let bodies: Arc<Vec<Bytes>> = Arc::new(
-        csrs.iter()
-            .map(|csr| grpc_frame(mesh, csr))
-            .collect::<Result<_>>()?,
-    );
-    let template = RequestTemplate::new(&token)?;
-    let tls = client_tls(data)?;
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        clients.push(SignClient::connect(&tls, cp.dp, template.clone()).await?);
+        let bodies: Arc<Vec<Bytes>> = Arc::new(
+            csrs.iter()
+                .map(|csr| grpc_frame(mesh, csr))
+                .collect::<Result<_>>()?,
+        );
+        let template = RequestTemplate::new(&token)?;
+        let tls = client_tls(data)?;
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            clients.push(SignClient::connect(&tls, cp.dp, template.clone()).await?);
+        }
+        Ok(EndToEnd { clients, bodies })
     }
-    let window_start = Instant::now() + WARM_UP;
-    let window_end = window_start + MEASURE;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (n, mut client) in clients.into_iter().enumerate() {
-        let bodies = bodies.clone();
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = n;
-            while Instant::now() < window_end {
-                let began = Instant::now();
-                client.sign(bodies[i % bodies.len()].clone()).await?;
-                let ended = Instant::now();
-                if began >= window_start && ended <= window_end {
-                    latencies.push(ended - began);
+
+    /// Runs the clients concurrently for [`WARM_UP`] then [`MEASURE`]; returns signings per
+    /// second and the p99 latency in milliseconds, of the calls within the measurement.
+    async fn run(&mut self) -> Result<(f64, f64)> {
+        let window_start = Instant::now() + WARM_UP;
+        let window_end = window_start + MEASURE;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (n, mut client) in self.clients.drain(..).enumerate() {
+            let bodies = self.bodies.clone();
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = n;
+                while Instant::now() < window_end {
+                    let began = Instant::now();
+                    client.sign(bodies[i % bodies.len()].clone()).await?;
+                    let ended = Instant::now();
+                    if began >= window_start && ended <= window_end {
+                        latencies.push(ended - began);
+                    }
+                    i += CLIENTS;
                 }
-                i += CLIENTS;
-            }
-            anyhow::Ok(latencies)
-        });
+                anyhow::Ok((client, latencies))
+            });
+        }
+        let mut latencies = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (client, client_latencies) = joined??;
+            self.clients.push(client);
+            latencies.extend(client_latencies);
+        }
+        latencies.sort();
+        let p99 = latencies
+            .get(latencies.len() * 99 / 100)
+            .copied()
+            .unwrap_or_default();
+        Ok((
+            latencies.len() as f64 / MEASURE.as_secs_f64(),
+            p99.as_secs_f64() * 1000.0,
+        ))
     }
-    let mut latencies = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined??);
-    }
-    latencies.sort();
-    let p99 = latencies
-        .get(latencies.len() * 99 / 100)
-        .copied()
-        .unwrap_or_default();
-    Ok((
-        latencies.len() as f64 / MEASURE.as_secs_f64(),
-        p99.as_secs_f64() * 1000.0,
-    ))
 }
 
 /// The gRPC frame of a SignCertificate request for `dp-1` in `mesh`: built once per CSR, so

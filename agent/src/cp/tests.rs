@@ -79,7 +79,7 @@ impl DataplaneService for Fake {
         let views = vec![
             Ok(View {
                 version: 1,
-                mtls: None,
+                ..Default::default()
             }),
             Ok(View {
                 version: 2,
@@ -87,6 +87,7 @@ impl DataplaneService for Fake {
                     enabled_backend: "ca-1".into(),
                     ..Default::default()
                 }),
+                ..Default::default()
             }),
             Err(Status::unauthenticated(
                 "authentication failed: token is expired",

@@ -128,6 +128,7 @@ impl ViewWatch {
                     let message = View {
                         version,
                         mtls: view.clone(),
+                        ..Default::default()
                     };
                     if !self.deliver(views, message).await {
                         return End::Gone;

@@ -1,36 +1,475 @@
-//! The YAML files under `examples/` are applied to a real cp-lite, so they stay valid.
+//! The files under `examples/` work as their README says: every resource YAML is applied with the
+//! real kumactl to a real cp-lite and stored as written, the provided-CA script makes a CA that
+//! issues through its intermediate, and the Dataplane template starts a real agent.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use integration_tests::{CpLite, Kumactl};
+use integration_tests::{
+    CpLite, KumaDp, KumaDpOptions, Kumactl, binary, dp, free_port, openssl, p256_csr,
+};
+use serde_json::Value;
 
-#[test]
-fn example_meshes_apply() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/meshes");
-    let mut files: Vec<_> = std::fs::read_dir(&examples)
+/// Envoy and the agent's first certificate take a moment on a loaded machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Files the Mesh is normalized from (the legacy schema): stored differently than written.
+const NORMALIZED_ON_APPLY: [&str; 1] = ["meshes/legacy-builtin.yaml"];
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// The `*.yaml` files of `examples/<dir>`, sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(examples().join(dir))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 3, "{files:?}");
-    for file in files {
-        // A fresh control plane each: the examples share the mesh name `default`.
+    assert!(!files.is_empty(), "no YAML in examples/{dir}");
+    files
+}
+
+/// `path` relative to `examples/`, for messages and lookups.
+fn relative(path: &Path) -> String {
+    path.strip_prefix(examples())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The documents of a YAML file, as JSON values.
+fn documents(text: &str) -> Vec<Value> {
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().chain(std::iter::once("---")) {
+        if line.trim_end() == "---" {
+            let value: Value = serde_norway::from_str(&current).unwrap();
+            if !value.is_null() {
+                documents.push(value);
+            }
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    documents
+}
+
+/// Whether `stored` holds everything `wanted` says (extra fields such as timestamps allowed).
+fn holds(stored: &Value, wanted: &Value) -> bool {
+    match (stored, wanted) {
+        (Value::Object(stored), Value::Object(wanted)) => wanted
+            .iter()
+            .all(|(k, v)| stored.get(k).is_some_and(|s| holds(s, v))),
+        (Value::Array(stored), Value::Array(wanted)) => {
+            stored.len() == wanted.len() && stored.iter().zip(wanted).all(|(s, w)| holds(s, w))
+        }
+        (stored, wanted) => stored == wanted,
+    }
+}
+
+/// A control plane and a kumactl bound to it.
+struct Cp {
+    dir: tempfile::TempDir,
+    cp: CpLite,
+    kumactl: Kumactl,
+}
+
+impl Cp {
+    fn start() -> Cp {
         let dir = tempfile::tempdir().unwrap();
         let cp = CpLite::start(&dir.path().join("data")).unwrap();
         let kumactl = Kumactl::configure(dir.path(), &cp.api_url()).unwrap();
-        let out = kumactl
-            .run(&["apply", "-f", file.to_str().unwrap()])
+        Cp { dir, cp, kumactl }
+    }
+
+    /// A dataplane token for `name` in mesh `default`, written to a file.
+    fn token_file(&self, name: &str) -> PathBuf {
+        let token = self
+            .kumactl
+            .dataplane_token(&["--name", name, "--mesh", "default", "--valid-for", "1h"])
             .unwrap();
-        assert!(out.success, "{}: {}", file.display(), out.all());
-        let mesh = kumactl.get_json(&["mesh", "default"]).unwrap();
-        assert!(
-            mesh["mtls"]["enabledBackend"].is_string(),
-            "{}: {mesh}",
-            file.display()
+        let path = self.dir.path().join(format!("{name}.token"));
+        std::fs::write(&path, token).unwrap();
+        path
+    }
+
+    /// `kumactl apply -f <file>`, then checks that every resource of the file is stored as
+    /// written; returns the stored resources.
+    fn apply_file(&self, path: &Path) -> Vec<Value> {
+        let name = relative(path);
+        let out = self
+            .kumactl
+            .run(&["apply", "-f", path.to_str().unwrap()])
+            .unwrap();
+        assert!(out.success, "{name}: {}", out.all());
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut stored = Vec::new();
+        for document in documents(&text) {
+            let resource = Resource::of(&document);
+            let value = self.kumactl.get_json(&resource.get_args()).unwrap();
+            if !NORMALIZED_ON_APPLY.contains(&name.as_str()) {
+                assert!(
+                    holds(&resource.stored_spec(&value), &resource.spec),
+                    "{name}: {} {} is stored as\n{value:#}\nnot as written:\n{:#}",
+                    resource.kind,
+                    resource.name,
+                    resource.spec
+                );
+            }
+            stored.push(value);
+        }
+        stored
+    }
+}
+
+/// One document of an example, in either YAML form.
+struct Resource {
+    kind: String,
+    name: String,
+    mesh: String,
+    /// The spec as written: the fields besides type/name/mesh (Universal) or `spec` (Kubernetes).
+    spec: Value,
+}
+
+impl Resource {
+    fn of(document: &Value) -> Resource {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        if document.get("apiVersion").is_some() {
+            let metadata = &document["metadata"];
+            Resource {
+                kind: text(&document["kind"]).unwrap(),
+                name: text(&metadata["name"]).unwrap(),
+                mesh: text(&metadata["labels"]["kuma.io/mesh"])
+                    .or_else(|| text(&document["mesh"]))
+                    .unwrap_or_else(|| "default".to_string()),
+                spec: document["spec"].clone(),
+            }
+        } else {
+            let mut spec = document.as_object().unwrap().clone();
+            let kind = text(&spec.remove("type").unwrap()).unwrap();
+            let name = text(&spec.remove("name").unwrap()).unwrap();
+            let mesh = spec
+                .remove("mesh")
+                .and_then(|m| text(&m))
+                .unwrap_or_else(|| "default".to_string());
+            let spec = match spec.remove("spec") {
+                Some(spec) => spec,
+                None => Value::Object(spec),
+            };
+            Resource {
+                kind,
+                name,
+                mesh,
+                spec,
+            }
+        }
+    }
+
+    /// The `kumactl get` arguments that show this resource.
+    fn get_args(&self) -> Vec<&str> {
+        let command = match self.kind.as_str() {
+            "Mesh" => return vec!["mesh", &self.name],
+            "Dataplane" => "dataplane",
+            "TrafficPermission" => "traffic-permission",
+            "MeshTrafficPermission" => "meshtrafficpermission",
+            "Secret" => "secret",
+            other => panic!("no example of kind {other} expected"),
+        };
+        vec![command, &self.name, "--mesh", &self.mesh]
+    }
+
+    /// The part of `kumactl get -o json` output to compare with [`Resource::spec`].
+    fn stored_spec(&self, stored: &Value) -> Value {
+        match self.kind.as_str() {
+            "MeshTrafficPermission" => stored["spec"].clone(),
+            _ => stored.clone(),
+        }
+    }
+}
+
+#[test]
+fn example_meshes_apply() {
+    let files = yaml_files("meshes");
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let name = relative(&file);
+        // A fresh control plane each: the examples share the mesh name `default`.
+        let cp = Cp::start();
+        let stored = cp.apply_file(&file).remove(0);
+        let mtls = &stored["mtls"];
+        assert!(mtls["enabledBackend"].is_string(), "{name}: {stored}");
+        let backend = mtls["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == mtls["enabledBackend"])
+            .unwrap_or_else(|| panic!("{name}: no enabled backend in {stored}"));
+        assert_eq!(backend["type"], "builtin", "{name}");
+        let permissive = name.contains("permissive");
+        assert_eq!(
+            backend["mode"] == "PERMISSIVE",
+            permissive,
+            "{name}: {backend}"
         );
     }
+}
+
+/// Dataplanes and permissions, in the order a user applies them: the mesh first.
+#[test]
+fn example_dataplanes_and_permissions_apply() {
+    let cp = Cp::start();
+    cp.apply_file(&examples().join("meshes/builtin.yaml"));
+    let mut applied = Vec::new();
+    let dataplanes = yaml_files("dataplanes")
+        .into_iter()
+        .filter(|f| !f.ends_with("template.yaml"));
+    for file in dataplanes
+        .chain(yaml_files("traffic-permissions"))
+        .chain(yaml_files("mesh-traffic-permissions"))
+    {
+        cp.apply_file(&file);
+        applied.push(relative(&file));
+    }
+    assert!(applied.len() >= 8, "{applied:?}");
+
+    // The pair the README describes: web calls backend on 127.0.0.1:10001.
+    let web = cp.kumactl.get_json(&["dataplane", "web-1"]).unwrap();
+    let backend = cp.kumactl.get_json(&["dataplane", "backend-1"]).unwrap();
+    assert_eq!(
+        web["networking"]["outbound"][0]["tags"]["kuma.io/service"],
+        backend["networking"]["inbound"][0]["tags"]["kuma.io/service"]
+    );
+    let mtps = cp.kumactl.get_json(&["meshtrafficpermissions"]).unwrap();
+    let actions: BTreeSet<String> = mtps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|mtp| mtp["spec"]["from"].as_array().unwrap().clone())
+        .map(|from| from["default"]["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions,
+        BTreeSet::from(["Allow", "AllowWithShadowDeny", "Deny"].map(String::from)),
+        "{mtps}"
+    );
+}
+
+/// `make-ca.sh`, then the commands it prints, run as printed: the mesh issues dataplane
+/// certificates from the intermediate, and they verify up to the root.
+#[test]
+fn provided_ca_example_issues_from_its_intermediate() {
+    let cp = Cp::start();
+    let out_dir = cp.dir.path().join("ca");
+    let script = Command::new(examples().join("provided-ca/make-ca.sh"))
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&script.stdout).into_owned();
+    assert!(
+        script.status.success(),
+        "make-ca.sh: {printed}{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    // The root's key is written for the operator to keep offline, never into a Secret.
+    let secrets = std::fs::read_to_string(out_dir.join("secrets.yaml")).unwrap();
+    assert_eq!(documents(&secrets).len(), 2);
+
+    // kumactl as the operator has it: on PATH, configured in $HOME.
+    let home = cp.dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let path = format!(
+        "{}:{}",
+        binary("kumactl").parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let shell = |script: &str| {
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .env("HOME", &home)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    shell(&format!(
+        "kumactl config control-planes add --name example --address {}",
+        cp.cp.api_url()
+    ));
+    let commands: Vec<&str> = printed
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("kumactl "))
+        .collect();
+    assert_eq!(commands.len(), 3, "{printed}");
+    for command in commands {
+        shell(command);
+    }
+    let mesh = cp.kumactl.get_json(&["mesh", "default"]).unwrap();
+    assert_eq!(mesh["mtls"]["backends"][0]["type"], "provided", "{mesh}");
+    // The stored mesh is the example as written.
+    cp.apply_file(&examples().join("provided-ca/mesh.yaml"));
+
+    // A dataplane gets a certificate: leaf, then the intermediate; the bundle has both CAs.
+    let token = std::fs::read_to_string(cp.token_file("web-1")).unwrap();
+    let dataplane = std::fs::read_to_string(examples().join("dataplanes/web.yaml")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let signed = runtime.block_on(async {
+        let mut client = dp::connect(&cp.cp.data_dir, cp.cp.dp).await.unwrap();
+        dp::register(&mut client, &token, "default", "web-1", &dataplane)
+            .await
+            .unwrap();
+        dp::sign(&mut client, &token, "default", "web-1", p256_csr(&[]))
+            .await
+            .unwrap()
+    });
+    let der_of = |file: &str| {
+        let der = out_dir.join(format!("{file}.der"));
+        let (ok, text) = openssl(&[
+            "x509",
+            "-in",
+            out_dir.join(file).to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(ok, "{text}");
+        std::fs::read(der).unwrap()
+    };
+    let intermediate = der_of("intermediate.crt");
+    let root = der_of("root.crt");
+    assert_eq!(signed.chain_der.len(), 2, "leaf and intermediate");
+    assert_eq!(signed.chain_der[1], intermediate);
+    assert!(signed.trust_bundle_der.contains(&intermediate));
+    assert!(signed.trust_bundle_der.contains(&root));
+    let leaf = out_dir.join("leaf.der");
+    std::fs::write(&leaf, &signed.chain_der[0]).unwrap();
+    let leaf_pem = out_dir.join("leaf.pem");
+    let (ok, text) = openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        leaf.to_str().unwrap(),
+        "-out",
+        leaf_pem.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(ok, "{text}");
+    let (ok, text) = openssl(&[
+        "verify",
+        "-CAfile",
+        out_dir.join("root.crt").to_str().unwrap(),
+        "-untrusted",
+        out_dir.join("intermediate.crt").to_str().unwrap(),
+        leaf_pem.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(ok, "the leaf does not verify up to the root: {text}");
+
+    // The script refuses to overwrite a CA.
+    let again = Command::new(examples().join("provided-ca/make-ca.sh"))
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
+
+/// `dataplanes/template.yaml` rendered by kuma-dp from `--dataplane-var`s, registered, served.
+#[test]
+fn dataplane_template_runs_with_kuma_dp() {
+    let cp = Cp::start();
+    cp.apply_file(&examples().join("meshes/builtin.yaml"));
+    let (port, service_port) = (free_port(), free_port());
+    let vars = [
+        ("name", "backend-2".to_string()),
+        ("address", "127.0.0.1".to_string()),
+        ("port", port.to_string()),
+        ("servicePort", service_port.to_string()),
+        ("service", "backend".to_string()),
+    ];
+    let agent = KumaDp::start(&KumaDpOptions {
+        cp_data_dir: cp.cp.data_dir.clone(),
+        cp_dp_address: cp.cp.dp,
+        dataplane_yaml: std::fs::read_to_string(examples().join("dataplanes/template.yaml"))
+            .unwrap(),
+        token_file: cp.token_file("backend-2"),
+        work_dir: cp.dir.path().join("work"),
+        args: vars
+            .iter()
+            .flat_map(|(k, v)| ["--dataplane-var".to_string(), format!("{k}={v}")])
+            .collect(),
+        env: Vec::new(),
+    })
+    .unwrap();
+    agent.wait_ready(READY_TIMEOUT).unwrap();
+    let logs = agent.logs_text();
+    assert!(
+        !logs.contains("uses a variable no --dataplane-var sets"),
+        "a placeholder was left empty:\n{logs}"
+    );
+    let stored = cp.kumactl.get_json(&["dataplane", "backend-2"]).unwrap();
+    let inbound = &stored["networking"]["inbound"][0];
+    assert_eq!(stored["networking"]["address"], "127.0.0.1");
+    assert_eq!(inbound["port"], port);
+    assert_eq!(inbound["servicePort"], service_port);
+    assert_eq!(inbound["tags"]["kuma.io/service"], "backend");
+}
+
+/// Every file under `examples/` is exercised by one of the tests above.
+#[test]
+fn every_example_file_is_tested() {
+    // (directory, file name suffix) pairs the tests above read.
+    let covered = [
+        ("", "README.md"),
+        ("meshes", ".yaml"),
+        ("dataplanes", ".yaml"),
+        ("traffic-permissions", ".yaml"),
+        ("mesh-traffic-permissions", ".yaml"),
+        ("provided-ca", "make-ca.sh"),
+        ("provided-ca", "mesh.yaml"),
+    ];
+    let mut pending = vec![examples()];
+    let mut uncovered = Vec::new();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let parent = relative(path.parent().unwrap());
+            let parent = if path.parent().unwrap() == examples() {
+                String::new()
+            } else {
+                parent
+            };
+            let name = path.file_name().unwrap().to_str().unwrap();
+            if !covered
+                .iter()
+                .any(|(d, suffix)| *d == parent && name.ends_with(suffix))
+            {
+                uncovered.push(relative(&path));
+            }
+        }
+    }
+    assert!(
+        uncovered.is_empty(),
+        "not exercised by a test: {uncovered:?}"
+    );
 }

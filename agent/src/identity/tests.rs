@@ -616,3 +616,79 @@ async fn rsa_keys_work_too() {
     assert_eq!(rsa.key_size(), 2048);
     stop(running).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_view_is_published_when_anything_but_its_version_changes() {
+    use cp_lite_api::v1::{InboundPermissions, OutboundView};
+
+    let fake = FakeCp::new(Duration::from_secs(3600), View::default());
+    fake.set_mtls(Some(mtls(&fake.ca)));
+    let mut running = start(&fake, KeyType::Ecdsa, None);
+    let first = tokio::time::timeout(PATIENCE, running.views.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
+        .unwrap();
+    ready(&mut running.identity, 1).await;
+
+    // New permissions for an inbound: published, and no new certificate.
+    fake.view.send_modify(|view| {
+        view.version += 1;
+        view.inbounds = vec![InboundPermissions {
+            port: 8080,
+            ..InboundPermissions::default()
+        }];
+    });
+    let second = tokio::time::timeout(
+        PATIENCE,
+        running
+            .views
+            .wait_for(|view| view.as_ref().is_some_and(|v| !v.inbounds.is_empty())),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert!(second.version > first.version);
+
+    // Only the version moves: nothing published. Then an outbound: published.
+    fake.view.send_modify(|view| view.version += 1);
+    fake.view.send_modify(|view| {
+        view.version += 1;
+        view.outbounds = vec![OutboundView {
+            port: 10001,
+            ..OutboundView::default()
+        }];
+    });
+    let third = tokio::time::timeout(
+        PATIENCE,
+        running
+            .views
+            .wait_for(|view| view.as_ref().is_some_and(|v| !v.outbounds.is_empty())),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(third.inbounds, second.inbounds);
+    assert_eq!(
+        fake.signs().len(),
+        1,
+        "a view change is not a reason to sign"
+    );
+
+    let a = View {
+        version: 1,
+        ..(*third).clone()
+    };
+    let b = View {
+        version: 2,
+        ..(*third).clone()
+    };
+    assert!(same_content(&a, &b));
+    assert!(!same_content(&a, &second));
+    stop(running).await;
+}

@@ -260,18 +260,26 @@ impl<C: ControlPlane> IdentityLoop<C> {
         }
     }
 
-    /// Publishes a view when its content differs from the last one (the version alone moves on
-    /// every message).
+    /// Publishes a view when anything but its version differs from the last one (the version
+    /// alone moves on every message).
     fn publish_view(&self, view: View) {
         self.view.send_if_modified(|current| {
-            if current.as_deref().is_some_and(|c| same_content(c, &view)) {
+            // Destructured so that a new field cannot be forgotten here.
+            let View {
+                version: _,
+                mtls,
+                inbounds,
+                outbounds,
+            } = &view;
+            let same = current.as_ref().is_some_and(|c| {
+                &c.mtls == mtls && &c.inbounds == inbounds && &c.outbounds == outbounds
+            });
+            if same {
                 return false;
             }
             debug!(
                 version = view.version,
                 mtls = view.mtls.is_some(),
-                inbounds = view.inbounds.len(),
-                outbounds = view.outbounds.len(),
                 "new view"
             );
             *current = Some(Arc::new(view));
@@ -341,18 +349,6 @@ async fn pause(
             true
         }
     }
-}
-
-/// Whether two views say the same, whatever their versions. Destructured in full, so a field
-/// added to `View` cannot be forgotten here.
-fn same_content(a: &View, b: &View) -> bool {
-    let View {
-        version: _,
-        mtls,
-        inbounds,
-        outbounds,
-    } = a;
-    *mtls == b.mtls && *inbounds == b.inbounds && *outbounds == b.outbounds
 }
 
 #[cfg(test)]

@@ -653,8 +653,11 @@ async fn a_view_is_published_when_anything_but_its_version_changes() {
     .unwrap();
     assert!(second.version > first.version);
 
-    // Only the version moves: nothing published. Then an outbound: published.
+    // Only the version moves: nothing published (with the clock paused, the sleep returns
+    // once every task is idle). Then an outbound: published.
     fake.view.send_modify(|view| view.version += 1);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!running.views.has_changed().unwrap());
     fake.view.send_modify(|view| {
         view.version += 1;
         view.outbounds = vec![OutboundView {
@@ -679,16 +682,5 @@ async fn a_view_is_published_when_anything_but_its_version_changes() {
         1,
         "a view change is not a reason to sign"
     );
-
-    let a = View {
-        version: 1,
-        ..(*third).clone()
-    };
-    let b = View {
-        version: 2,
-        ..(*third).clone()
-    };
-    assert!(same_content(&a, &b));
-    assert!(!same_content(&a, &second));
     stop(running).await;
 }

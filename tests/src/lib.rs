@@ -140,6 +140,11 @@ impl CpLite {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The base URL of the API server.
     pub fn api_url(&self) -> String {
         format!("http://{}", self.api)

@@ -34,6 +34,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(100);
 /// Pause between two requests while the certificates rotate.
 const TRAFFIC_INTERVAL: Duration = Duration::from_millis(200);
+/// How long traffic goes on after both certificates rotated.
+const AFTER_ROTATION: Duration = Duration::from_secs(1);
 /// kuma-dp's drain time on shutdown: the demo has no connections worth waiting for.
 const DRAIN_TIME: &str = "1s";
 
@@ -622,9 +624,11 @@ impl Demo {
         let deadline = started + CERT_LIFETIME + Duration::from_secs(5);
         let mut current: Vec<Option<Presented>> = vec![None, None];
         let (mut requests, mut failures) = (0u32, Vec::new());
-        while current.iter().any(Option::is_none) {
+        // Until both rotated, then [`AFTER_ROTATION`] more of traffic on the new certificates.
+        let mut rotated: Option<Instant> = None;
+        while rotated.is_none_or(|at| at.elapsed() < AFTER_ROTATION) {
             self.alive()?;
-            if Instant::now() >= deadline {
+            if rotated.is_none() && Instant::now() >= deadline {
                 bail!(
                     "no new certificate for {} within the {}s lifetime",
                     sides
@@ -674,6 +678,9 @@ impl Demo {
                     file: old.file.clone(),
                 });
             }
+            if rotated.is_none() && current.iter().all(Option::is_some) {
+                rotated = Some(Instant::now());
+            }
             std::thread::sleep(TRAFFIC_INTERVAL);
         }
         let after: Vec<Vec<u32>> = sides.iter().map(|side| self.envoy_pids(side)).collect();
@@ -697,7 +704,7 @@ impl Demo {
             failures.first()
         );
         say(&format!(
-            "{requests} requests web → backend during the rotation: all answered 200"
+            "{requests} requests web → backend during and after the rotation: all answered 200"
         ));
         Ok(())
     }

@@ -597,14 +597,16 @@ pub fn openssl(args: &[&str]) -> Result<(bool, String)> {
 pub mod dp {
     use std::path::Path;
 
-    use anyhow::{Context, Result};
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, anyhow};
     use cp_lite_api::v1::dataplane_service_client::DataplaneServiceClient;
     use cp_lite_api::v1::{
         DataplaneRef, RegisterRequest, ReportCertificateRequest, SignCertificateRequest,
-        SignCertificateResponse,
+        SignCertificateResponse, View, WatchViewRequest,
     };
-    use tonic::Request;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use tonic::{Request, Streaming};
 
     /// A connected client.
     pub type Client = DataplaneServiceClient<Channel>;
@@ -686,5 +688,32 @@ pub mod dp {
             .report_certificate(with_token(report, token))
             .await
             .map(|_| ())
+    }
+
+    /// Opens the view stream of a Dataplane.
+    pub async fn watch_view(
+        client: &mut Client,
+        token: &str,
+        mesh: &str,
+        name: &str,
+    ) -> Result<Streaming<View>, tonic::Status> {
+        let request = WatchViewRequest {
+            dataplane: dataplane(mesh, name),
+        };
+        client
+            .watch_view(with_token(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The next view of `stream`; an error when the stream ends or nothing comes within
+    /// `timeout`.
+    pub async fn next_view(stream: &mut Streaming<View>, timeout: Duration) -> Result<View> {
+        match tokio::time::timeout(timeout, stream.message()).await {
+            Ok(Ok(Some(view))) => Ok(view),
+            Ok(Ok(None)) => Err(anyhow!("the view stream ended")),
+            Ok(Err(status)) => Err(anyhow!("the view stream failed: {status}")),
+            Err(_) => Err(anyhow!("no view within {timeout:?}")),
+        }
     }
 }

@@ -462,19 +462,23 @@ impl KumaDp {
             .with_context(|| format!("kuma-dp not ready; logs:\n{}", self.logs_text()))
     }
 
-    /// Serial numbers (lower-case hex) of the certificates Envoy serves (`/certs`).
+    /// Serial numbers (lower-case hex, sorted, each once) of the certificates Envoy serves
+    /// (`/certs` lists them per TLS context, and every mTLS chain and cluster has its own).
     pub fn envoy_cert_serials(&self) -> Vec<String> {
         let Some((200, body)) = http_get(self.admin_port, "/certs") else {
             return Vec::new();
         };
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        json["certificates"]
+        let mut serials: Vec<String> = json["certificates"]
             .as_array()
             .into_iter()
             .flatten()
             .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
             .filter_map(|c| c["serial_number"].as_str().map(str::to_lowercase))
-            .collect()
+            .collect();
+        serials.sort();
+        serials.dedup();
+        serials
     }
 
     /// Sends `signal` (e.g. "TERM") to the agent.

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod procfs;
+
 /// How long a started control plane may take to report its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -1,9 +1,17 @@
-# The project's entry points. `make test` is what CI runs (through .ci/run).
+# The project's entry points. `make demo` shows the mesh at work; `make test` is what CI runs
+# (through .ci/run).
 
 SHELL := /bin/bash
 CARGO ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: test deps fmt-check clippy unit bench build
+.PHONY: demo test deps fmt-check clippy unit bench build
+
+## demo: builds, installs Envoy when missing, and runs cp-lite with two apps behind kuma-dp + Envoy:
+##       default deny, a TrafficPermission, SPIFFE identities, a live certificate rotation
+demo: deps
+	$(CARGO) build --workspace --bins
+	@$(TARGET_DIR)/debug/demo
 
 ## test: formatting, lints and the whole test suite, installing what the tests need first
 test: deps fmt-check clippy unit

@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cp_lite_api::v1::{MtlsMode as ViewMode, View};
-use envoy_bootstrap::{BootstrapParams, MtlsMode};
+use cp_lite_api::v1::View;
+use envoy_bootstrap::BootstrapParams;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -301,7 +301,8 @@ async fn first_stop_signal() {
     }
 }
 
-/// Rebuilds the xDS snapshot whenever the identity or the view changes.
+/// Rebuilds the xDS snapshot whenever the identity or the view changes: permissions, endpoints
+/// and the mTLS mode come from the view.
 fn spawn_snapshot_builder(
     dataplane: DataplaneInfo,
     mut identity: watch::Receiver<IdentityState>,
@@ -310,14 +311,7 @@ fn spawn_snapshot_builder(
 ) -> watch::Receiver<Arc<XdsSnapshot>> {
     let build =
         move |version: u64, identity: &IdentityState, view: &Option<Arc<View>>| -> XdsSnapshot {
-            let mode = view
-                .as_ref()
-                .and_then(|view| view.mtls.as_ref())
-                .map(|mtls| match ViewMode::try_from(mtls.mode) {
-                    Ok(ViewMode::Permissive) => MtlsMode::Permissive,
-                    _ => MtlsMode::Strict,
-                });
-            xds::build_snapshot(version, &dataplane.mesh, &dataplane, identity, mode)
+            xds::build_snapshot(version, &dataplane, identity, view.as_deref())
         };
     let mut version = 1;
     let first = build(

@@ -57,6 +57,20 @@ pub(crate) fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// A name as a stat name, as Kuma sanitizes it: every character but ASCII letters, digits, `_`
+/// and `-` becomes `_` (`inbound:10.0.0.1:80` → `inbound_10_0_0_1_80`).
+pub(crate) fn sanitize_stat_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +80,18 @@ mod tests {
         assert_eq!(join_host_port("10.0.0.1", 80), "10.0.0.1:80");
         assert_eq!(join_host_port("::1", 80), "[::1]:80");
         assert_eq!(join_host_port("localhost", 8080), "localhost:8080");
+    }
+
+    #[test]
+    fn stat_names_keep_only_letters_digits_underscores_and_dashes() {
+        assert_eq!(
+            sanitize_stat_name("inbound:10.0.0.1:80"),
+            "inbound_10_0_0_1_80"
+        );
+        assert_eq!(
+            sanitize_stat_name("backend{mesh=demo,version=v2}"),
+            "backend_mesh_demo_version_v2_"
+        );
+        assert_eq!(sanitize_stat_name("web-api_2"), "web-api_2");
     }
 }

@@ -1,15 +1,20 @@
 //! Inbound listeners (one per Dataplane inbound) and the local application cluster they forward
 //! to, per mesh mTLS mode (KUMA-FACTS 7.2, 7.3).
 //!
-//! - mTLS off: one plaintext filter chain.
-//! - STRICT: one filter chain terminating mTLS: the SDS identity, a client certificate required
-//!   and checked against the mesh trust bundle with a `spiffe://<mesh>/` URI SAN prefix.
-//!   Plaintext connections fail the handshake.
-//! - PERMISSIVE: the TLS inspector plus three chains in Kuma's order: plaintext, TLS that is not
-//!   Kuma's (passed through untouched to the application), and Kuma mTLS (ALPN `kuma`).
+//! - mTLS off: one plaintext filter chain, no authorization.
+//! - mTLS on, both modes: the TLS inspector, and the Kuma chain: TLS offering ALPN `kuma`,
+//!   terminated with the SDS identity, a client certificate required and checked against the
+//!   mesh trust bundle with a `spiffe://<mesh>/` URI SAN prefix, then the permissions.
+//!   - STRICT adds a second mTLS chain for TLS clients that do not offer ALPN `kuma` (same
+//!     termination and permissions). Plaintext matches no chain and is refused.
+//!   - PERMISSIVE adds Kuma's other two chains: plaintext, and TLS that is not Kuma's (passed
+//!     through untouched to the application), neither of them authorized.
 //!
-//! Every chain ends in a TCP proxy to `localhost:<servicePort>`. Traffic permissions (a network
-//! RBAC filter prepended on the mTLS chain) come with the policies.
+//! The Kuma chain is the same in both modes and both modes have the inspector, so a STRICT ⇄
+//! PERMISSIVE change is an in-place filter-chain update that leaves Kuma clients connected.
+//! The permissions are the network RBAC filter fetched by ECDS ([`crate::rbac_filter`]), so a
+//! permission change does not touch the listener at all. Every chain ends in a TCP proxy to the
+//! local application cluster.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,6 +44,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 
 use crate::common::{join_host_port, seconds, socket_address};
+use crate::rbac::rbac_filter;
 use crate::resource::{TCP_PROXY_FILTER, TLS_INSPECTOR_FILTER, TLS_TRANSPORT_SOCKET, to_envoy_any};
 use crate::secrets::{identity_secret_name, mesh_ca_secret_name, sds_secret_config};
 
@@ -105,35 +111,40 @@ impl InboundParams {
     }
 }
 
+/// Name of the chain for Kuma mTLS clients (ALPN `kuma`), the same in both modes.
+pub const KUMA_CHAIN: &str = "mtls-kuma";
+/// Name of the STRICT chain for mTLS clients that do not offer ALPN `kuma`.
+pub const MTLS_CHAIN: &str = "mtls";
+/// Name of the plaintext chain (mTLS off, or PERMISSIVE).
+pub const PLAINTEXT_CHAIN: &str = "plaintext";
+/// Name of the PERMISSIVE chain passing the application's own TLS through.
+pub const PASSTHROUGH_CHAIN: &str = "passthrough";
+
 /// The inbound listener for the inbound's mTLS mode (see the module documentation).
 pub fn inbound_listener(params: &InboundParams) -> Listener {
-    let forward = || tcp_proxy_filter(params);
     let (listener_filters, filter_chains) = match params.mtls {
-        None => (Vec::new(), vec![chain(None, None, forward())]),
+        None => (Vec::new(), vec![plain_chain(params, PLAINTEXT_CHAIN, None)]),
         Some(MtlsMode::Strict) => (
-            Vec::new(),
-            vec![chain(
-                None,
-                Some(tls_transport_socket(&params.mesh, MtlsMode::Strict)),
-                forward(),
-            )],
+            vec![tls_inspector()],
+            vec![
+                mtls_chain(params, KUMA_CHAIN, Some(KUMA_ALPN)),
+                mtls_chain(params, MTLS_CHAIN, None),
+            ],
         ),
         Some(MtlsMode::Permissive) => (
-            vec![ListenerFilter {
-                name: TLS_INSPECTOR_FILTER.to_owned(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(to_envoy_any(
-                    &TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }],
+            vec![tls_inspector()],
             vec![
-                chain(Some(transport_match("raw_buffer", None)), None, forward()),
-                chain(Some(transport_match("tls", None)), None, forward()),
-                chain(
-                    Some(transport_match("tls", Some(KUMA_ALPN))),
-                    Some(tls_transport_socket(&params.mesh, MtlsMode::Permissive)),
-                    forward(),
+                plain_chain(
+                    params,
+                    PLAINTEXT_CHAIN,
+                    Some(transport_match("raw_buffer", None)),
                 ),
+                plain_chain(
+                    params,
+                    PASSTHROUGH_CHAIN,
+                    Some(transport_match("tls", None)),
+                ),
+                mtls_chain(params, KUMA_CHAIN, Some(KUMA_ALPN)),
             ],
         ),
     };
@@ -178,37 +189,16 @@ pub fn local_app_cluster(params: &InboundParams) -> Cluster {
 }
 
 /// The server-side mTLS context of an inbound: the SDS identity, a required client certificate
-/// signed by the SDS mesh trust bundle and carrying a `spiffe://<mesh>/` URI SAN. In
-/// PERMISSIVE mode the context also negotiates ALPN `kuma`, the protocol its chain matched on.
-pub fn downstream_tls_context(mesh: &str, mode: MtlsMode) -> DownstreamTlsContext {
-    let alpn_protocols = match mode {
-        MtlsMode::Strict => Vec::new(),
-        MtlsMode::Permissive => vec![KUMA_ALPN.to_owned()],
-    };
+/// signed by the SDS mesh trust bundle and carrying a `spiffe://<mesh>/` URI SAN, and ALPN
+/// `kuma` offered back to Kuma clients.
+pub fn downstream_tls_context(mesh: &str) -> DownstreamTlsContext {
     DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            alpn_protocols,
+            alpn_protocols: vec![KUMA_ALPN.to_owned()],
             tls_certificate_sds_secret_configs: vec![sds_secret_config(identity_secret_name(mesh))],
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                            san_type: SanType::Uri.into(),
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(MatchPattern::Prefix(format!(
-                                    "spiffe://{mesh}/"
-                                ))),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    validation_context_sds_secret_config: Some(sds_secret_config(
-                        mesh_ca_secret_name(mesh),
-                    )),
-                    ..Default::default()
-                },
+            validation_context_type: Some(mesh_validation_context(
+                mesh,
+                MatchPattern::Prefix(format!("spiffe://{mesh}/")),
             )),
             ..Default::default()
         }),
@@ -217,12 +207,41 @@ pub fn downstream_tls_context(mesh: &str, mode: MtlsMode) -> DownstreamTlsContex
     }
 }
 
-fn tls_transport_socket(mesh: &str, mode: MtlsMode) -> TransportSocket {
+/// The mesh trust bundle from SDS, and a URI SAN the peer certificate must carry.
+pub(crate) fn mesh_validation_context(mesh: &str, uri_san: MatchPattern) -> ValidationContextType {
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                san_type: SanType::Uri.into(),
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(uri_san),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        validation_context_sds_secret_config: Some(sds_secret_config(mesh_ca_secret_name(mesh))),
+        ..Default::default()
+    })
+}
+
+fn tls_transport_socket(mesh: &str) -> TransportSocket {
     TransportSocket {
         name: TLS_TRANSPORT_SOCKET.to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(to_envoy_any(
-            &downstream_tls_context(mesh, mode),
+            &downstream_tls_context(mesh),
         ))),
+    }
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: TLS_INSPECTOR_FILTER.to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(to_envoy_any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
     }
 }
 
@@ -238,15 +257,30 @@ fn tcp_proxy_filter(params: &InboundParams) -> Filter {
     }
 }
 
-fn chain(
+/// A chain without termination or permissions: straight to the application.
+fn plain_chain(
+    params: &InboundParams,
+    name: &str,
     filter_chain_match: Option<FilterChainMatch>,
-    transport_socket: Option<TransportSocket>,
-    filter: Filter,
 ) -> FilterChain {
     FilterChain {
+        name: name.to_owned(),
         filter_chain_match,
-        transport_socket,
-        filters: vec![filter],
+        filters: vec![tcp_proxy_filter(params)],
+        ..Default::default()
+    }
+}
+
+/// A chain terminating mesh mTLS, then the permissions, then the application.
+fn mtls_chain(params: &InboundParams, name: &str, alpn: Option<&str>) -> FilterChain {
+    FilterChain {
+        name: name.to_owned(),
+        filter_chain_match: Some(transport_match("tls", alpn)),
+        transport_socket: Some(tls_transport_socket(&params.mesh)),
+        filters: vec![
+            rbac_filter(&params.listener_name()),
+            tcp_proxy_filter(params),
+        ],
         ..Default::default()
     }
 }
@@ -307,7 +341,7 @@ mod tests {
     }
 
     fn proxied_cluster(chain: &FilterChain) -> Option<String> {
-        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters.first()?.config_type else {
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters.last()?.config_type else {
             return None;
         };
         match TcpProxy::decode(any.value.as_slice())
@@ -317,6 +351,26 @@ mod tests {
             ClusterSpecifier::Cluster(name) => Some(name),
             ClusterSpecifier::WeightedClusters(_) => None,
         }
+    }
+
+    /// One chain's name, transport protocol, ALPN, whether it terminates TLS, filter names.
+    type ChainShape = (String, String, Vec<String>, bool, Vec<String>);
+
+    fn chains(listener: &Listener) -> Vec<ChainShape> {
+        listener
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let m = c.filter_chain_match.clone().unwrap_or_default();
+                (
+                    c.name.clone(),
+                    m.transport_protocol,
+                    m.application_protocols,
+                    tls_context(c).is_some(),
+                    c.filters.iter().map(|f| f.name.clone()).collect(),
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -332,32 +386,70 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_listener_has_one_chain_without_tls() {
+    fn plaintext_listener_has_one_chain_without_tls_or_permissions() {
         let listener = inbound_listener(&params(None));
-        assert_eq!(listener.filter_chains.len(), 1);
-        let chain = &listener.filter_chains[0];
-        assert!(chain.transport_socket.is_none());
-        assert!(chain.filter_chain_match.is_none());
-        assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
+        assert_eq!(
+            chains(&listener),
+            [(
+                "plaintext".to_owned(),
+                String::new(),
+                vec![],
+                false,
+                vec!["envoy.filters.network.tcp_proxy".to_owned()]
+            )]
+        );
+        assert!(listener.filter_chains[0].filter_chain_match.is_none());
+        assert_eq!(
+            proxied_cluster(&listener.filter_chains[0]).as_deref(),
+            Some("localhost:8080")
+        );
         assert!(listener.listener_filters.is_empty());
     }
 
     #[test]
-    fn strict_listener_requires_a_mesh_client_certificate() {
+    fn strict_listener_accepts_mesh_mtls_only_and_checks_permissions() {
         let listener = inbound_listener(&params(Some(MtlsMode::Strict)));
-        assert_eq!(listener.filter_chains.len(), 1);
-        assert!(listener.listener_filters.is_empty());
-        let chain = &listener.filter_chains[0];
-        assert!(chain.filter_chain_match.is_none());
-        assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
-        let context = tls_context(chain).unwrap_or_default();
-        assert_eq!(context, downstream_tls_context("demo", MtlsMode::Strict));
+        let filters: Vec<_> = listener.listener_filters.iter().map(|f| &f.name).collect();
+        assert_eq!(filters, ["envoy.filters.listener.tls_inspector"]);
+        let authorized = vec![
+            "rbac:inbound:10.0.0.5:10001".to_owned(),
+            "envoy.filters.network.tcp_proxy".to_owned(),
+        ];
+        assert_eq!(
+            chains(&listener),
+            [
+                (
+                    "mtls-kuma".to_owned(),
+                    "tls".to_owned(),
+                    vec!["kuma".to_owned()],
+                    true,
+                    authorized.clone()
+                ),
+                (
+                    "mtls".to_owned(),
+                    "tls".to_owned(),
+                    vec![],
+                    true,
+                    authorized
+                ),
+            ]
+        );
+        assert_eq!(
+            listener.filter_chains[1].filters[0],
+            rbac_filter("inbound:10.0.0.5:10001")
+        );
+        for chain in &listener.filter_chains {
+            assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
+            assert_eq!(tls_context(chain), Some(downstream_tls_context("demo")));
+        }
+
+        let context = downstream_tls_context("demo");
         assert_eq!(
             context.require_client_certificate,
             Some(BoolValue { value: true })
         );
         let common = context.common_tls_context.unwrap_or_default();
-        assert!(common.alpn_protocols.is_empty());
+        assert_eq!(common.alpn_protocols, ["kuma"]);
         let names: Vec<_> = common
             .tls_certificate_sds_secret_configs
             .iter()
@@ -394,40 +486,57 @@ mod tests {
     #[test]
     fn permissive_listener_has_kumas_three_chains() {
         let listener = inbound_listener(&params(Some(MtlsMode::Permissive)));
-        let filters: Vec<_> = listener
-            .listener_filters
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let filters: Vec<_> = listener.listener_filters.iter().map(|f| &f.name).collect();
         assert_eq!(filters, ["envoy.filters.listener.tls_inspector"]);
-        let matches: Vec<_> = listener
-            .filter_chains
-            .iter()
-            .map(|c| {
-                let m = c.filter_chain_match.clone().unwrap_or_default();
-                (
-                    m.transport_protocol,
-                    m.application_protocols,
-                    tls_context(c).is_some(),
-                )
-            })
-            .collect();
+        let proxy = || vec!["envoy.filters.network.tcp_proxy".to_owned()];
         assert_eq!(
-            matches,
+            chains(&listener),
             [
-                ("raw_buffer".to_owned(), vec![], false),
-                ("tls".to_owned(), vec![], false),
-                ("tls".to_owned(), vec!["kuma".to_owned()], true),
+                (
+                    "plaintext".to_owned(),
+                    "raw_buffer".to_owned(),
+                    vec![],
+                    false,
+                    proxy()
+                ),
+                (
+                    "passthrough".to_owned(),
+                    "tls".to_owned(),
+                    vec![],
+                    false,
+                    proxy()
+                ),
+                (
+                    "mtls-kuma".to_owned(),
+                    "tls".to_owned(),
+                    vec!["kuma".to_owned()],
+                    true,
+                    vec![
+                        "rbac:inbound:10.0.0.5:10001".to_owned(),
+                        "envoy.filters.network.tcp_proxy".to_owned()
+                    ]
+                ),
             ]
-        );
-        let kuma = tls_context(&listener.filter_chains[2]).unwrap_or_default();
-        assert_eq!(
-            kuma.common_tls_context.unwrap_or_default().alpn_protocols,
-            ["kuma"]
         );
         for chain in &listener.filter_chains {
             assert_eq!(proxied_cluster(chain).as_deref(), Some("localhost:8080"));
         }
+    }
+
+    #[test]
+    fn a_mode_change_keeps_the_kuma_chain_and_the_listener_filters() {
+        let strict = inbound_listener(&params(Some(MtlsMode::Strict)));
+        let permissive = inbound_listener(&params(Some(MtlsMode::Permissive)));
+        assert_eq!(strict.listener_filters, permissive.listener_filters);
+        assert_eq!(
+            strict.filter_chains[0].encode_to_vec(),
+            permissive.filter_chains[2].encode_to_vec()
+        );
+        let without_chains = |mut l: Listener| {
+            l.filter_chains.clear();
+            l
+        };
+        assert_eq!(without_chains(strict), without_chains(permissive));
     }
 
     #[test]

@@ -112,8 +112,9 @@ mod tests {
 
     use super::*;
     use crate::resource::{
-        CLUSTER_TYPE_URL, DOWNSTREAM_TLS_CONTEXT_TYPE_URL, HTTP_PROTOCOL_OPTIONS_TYPE_URL,
-        LISTENER_TYPE_URL, SECRET_TYPE_URL, TCP_PROXY_TYPE_URL, TLS_INSPECTOR_TYPE_URL,
+        CLUSTER_TYPE_URL, DOWNSTREAM_TLS_CONTEXT_TYPE_URL, ENDPOINT_TYPE_URL,
+        EXTENSION_CONFIG_TYPE_URL, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LISTENER_TYPE_URL,
+        NETWORK_RBAC_TYPE_URL, SECRET_TYPE_URL, TCP_PROXY_TYPE_URL, TLS_INSPECTOR_TYPE_URL,
         UPSTREAM_TLS_CONTEXT_TYPE_URL, to_envoy_any,
     };
 
@@ -129,8 +130,10 @@ mod tests {
             TCP_PROXY_TYPE_URL,
             TLS_INSPECTOR_TYPE_URL,
             HTTP_PROTOCOL_OPTIONS_TYPE_URL,
-            // Compiled in for the permissions of the next issue.
-            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            ENDPOINT_TYPE_URL,
+            EXTENSION_CONFIG_TYPE_URL,
+            NETWORK_RBAC_TYPE_URL,
+            // Compiled in for HTTP-level permissions.
             "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
             "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",

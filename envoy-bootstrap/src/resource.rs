@@ -6,6 +6,15 @@ use envoy_types::pb::google::protobuf::Any as EnvoyAny;
 pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// Type URL of `envoy.config.cluster.v3.Cluster` (CDS).
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+pub const ENDPOINT_TYPE_URL: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Type URL of `envoy.config.core.v3.TypedExtensionConfig` (ECDS).
+pub const EXTENSION_CONFIG_TYPE_URL: &str =
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+/// Type URL of the network RBAC filter configuration.
+pub const NETWORK_RBAC_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 /// Type URL of `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
 pub const SECRET_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
@@ -55,8 +64,11 @@ pub fn to_envoy_any<M: prost::Name>(message: &M) -> EnvoyAny {
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         DownstreamTlsContext, Secret, UpstreamTlsContext,
@@ -71,6 +83,9 @@ mod tests {
         assert_eq!(LISTENER_TYPE_URL, Listener::type_url());
         assert_eq!(CLUSTER_TYPE_URL, Cluster::type_url());
         assert_eq!(SECRET_TYPE_URL, Secret::type_url());
+        assert_eq!(ENDPOINT_TYPE_URL, ClusterLoadAssignment::type_url());
+        assert_eq!(EXTENSION_CONFIG_TYPE_URL, TypedExtensionConfig::type_url());
+        assert_eq!(NETWORK_RBAC_TYPE_URL, Rbac::type_url());
         assert_eq!(
             DOWNSTREAM_TLS_CONTEXT_TYPE_URL,
             DownstreamTlsContext::type_url()

@@ -1,6 +1,8 @@
 //! Real Envoy (`envoy --mode validate`) accepts every generated config: the bootstrap itself,
-//! and the inbound listeners, local clusters and secrets placed into a static bootstrap (Envoy
-//! validates only a bootstrap; served over ADS they would escape the check).
+//! and the inbound and outbound listeners, clusters, endpoints, RBAC filters and secrets placed
+//! into a static bootstrap (Envoy validates only a bootstrap; served over ADS they would escape
+//! the check). The ECDS and EDS references are validated as served, and once more with the
+//! resources they fetch put in their place.
 //!
 //! Envoy is found through `ENVOY_BINARY` or `<workspace>/.tools/envoy/envoy/_bin/envoy`
 //! (`.ci/install-deps` installs it); a missing binary fails the tests, it never skips them.
@@ -16,17 +18,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use envoy_bootstrap::{
-    AdsProtocol, MtlsMode, bootstrap, bootstrap_with_ads, identity_secret, inbound_listener,
-    local_app_cluster, mesh_ca_secret, render_json, to_envoy_any,
+    AdsProtocol, MtlsMode, PermissionRule, bootstrap, bootstrap_with_ads, identity_secret,
+    inbound_listener, local_app_cluster, mesh_ca_secret, network_rbac, outbound_cluster,
+    outbound_listener, outbound_load_assignment, render_json, to_envoy_any,
 };
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+};
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-use support::{MESH, bootstrap_params, inbound};
+use support::{MESH, bootstrap_params, inbound, outbound, rules};
 
 fn envoy_binary() -> PathBuf {
     let path = std::env::var_os("ENVOY_BINARY")
@@ -77,17 +84,72 @@ fn assert_valid(bootstrap: &Bootstrap) {
     }
 }
 
-/// The agent's bootstrap plus, as static resources, one inbound per mode with its local cluster.
+/// The agent's bootstrap plus, as static resources, one inbound per mode with its local
+/// cluster, and outbounds with and without mTLS with their EDS clusters, as the agent serves
+/// them.
 fn with_inbounds(mut bootstrap: Bootstrap) -> Bootstrap {
     let inbounds = [
         inbound(10001, None),
         inbound(10002, Some(MtlsMode::Strict)),
         inbound(10003, Some(MtlsMode::Permissive)),
     ];
+    let outbounds = [
+        outbound(20001, "backend", &[], Some(MtlsMode::Strict)),
+        outbound(
+            20002,
+            "backend",
+            &[("version", "v2")],
+            Some(MtlsMode::Permissive),
+        ),
+        outbound(20003, "plain", &[], None),
+    ];
     let resources = bootstrap.static_resources.get_or_insert_default();
     for params in &inbounds {
         resources.listeners.push(inbound_listener(params));
         resources.clusters.push(local_app_cluster(params));
+    }
+    for params in &outbounds {
+        resources.listeners.push(outbound_listener(params));
+        resources.clusters.push(outbound_cluster(params));
+    }
+    bootstrap
+}
+
+/// Puts in place of every ECDS filter the RBAC it would fetch, and in place of every EDS
+/// cluster a static one holding the endpoints it would fetch.
+fn with_fetched_resources(mut bootstrap: Bootstrap, rules: &[PermissionRule]) -> Bootstrap {
+    let resources = bootstrap.static_resources.get_or_insert_default();
+    for listener in &mut resources.listeners {
+        let name = listener.name.clone();
+        for chain in &mut listener.filter_chains {
+            for filter in &mut chain.filters {
+                if let Some(filter::ConfigType::ConfigDiscovery(_)) = filter.config_type {
+                    filter.name = "envoy.filters.network.rbac".to_owned();
+                    filter.config_type = Some(filter::ConfigType::TypedConfig(to_envoy_any(
+                        &network_rbac(MESH, &name, rules),
+                    )));
+                }
+            }
+        }
+    }
+    let outbounds = [
+        outbound(20001, "backend", &[], Some(MtlsMode::Strict)),
+        outbound(
+            20002,
+            "backend",
+            &[("version", "v2")],
+            Some(MtlsMode::Permissive),
+        ),
+        outbound(20003, "plain", &[], None),
+    ];
+    for cluster in &mut resources.clusters {
+        let Some(params) = outbounds.iter().find(|p| p.cluster_name() == cluster.name) else {
+            continue;
+        };
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static.into()));
+        cluster.eds_cluster_config = None;
+        cluster.load_assignment = Some(outbound_load_assignment(params));
     }
     bootstrap
 }
@@ -112,8 +174,23 @@ fn mesh_identity() -> (String, String, String) {
     (leaf.pem(), leaf_key.serialize_pem(), ca.pem())
 }
 
-/// Points every SDS reference of the listener's TLS contexts at static secrets (no
-/// `sds_config`), so Envoy loads the certificates in validate mode.
+/// Drops the `sds_config` of every SDS reference of a TLS context, so Envoy reads the secrets
+/// from the bootstrap's static secrets in validate mode.
+fn static_secret_refs(common: &mut CommonTlsContext) {
+    for config in &mut common.tls_certificate_sds_secret_configs {
+        config.sds_config = None;
+    }
+    let Some(ValidationContextType::CombinedValidationContext(combined)) =
+        common.validation_context_type.as_mut()
+    else {
+        panic!("no combined validation context");
+    };
+    if let Some(config) = combined.validation_context_sds_secret_config.as_mut() {
+        config.sds_config = None;
+    }
+}
+
+/// [`static_secret_refs`] for every downstream TLS context of the listener.
 fn with_static_secret_refs(mut listener: Listener) -> Listener {
     for chain in &mut listener.filter_chains {
         let Some(socket) = chain.transport_socket.as_mut() else {
@@ -124,33 +201,53 @@ fn with_static_secret_refs(mut listener: Listener) -> Listener {
         };
         let mut context =
             DownstreamTlsContext::decode(any.value.as_slice()).expect("downstream TLS context");
-        let common = context
-            .common_tls_context
-            .as_mut()
-            .expect("common TLS context");
-        for config in &mut common.tls_certificate_sds_secret_configs {
-            config.sds_config = None;
-        }
-        let Some(ValidationContextType::CombinedValidationContext(combined)) =
-            common.validation_context_type.as_mut()
-        else {
-            panic!("no combined validation context");
-        };
-        if let Some(config) = combined.validation_context_sds_secret_config.as_mut() {
-            config.sds_config = None;
-        }
+        static_secret_refs(
+            context
+                .common_tls_context
+                .as_mut()
+                .expect("common TLS context"),
+        );
         *any = to_envoy_any(&context);
     }
     listener
 }
 
-/// The inbound resources with the secrets inline, so Envoy parses the secrets too.
-fn with_inline_secrets(chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Bootstrap {
-    let mut bootstrap = with_inbounds(bootstrap(&bootstrap_params(PathBuf::from("/tmp/xds.sock"))));
+/// [`static_secret_refs`] for the upstream TLS context of the cluster, if it has one.
+fn with_static_upstream_secret_refs(mut cluster: Cluster) -> Cluster {
+    let Some(socket) = cluster.transport_socket.as_mut() else {
+        return cluster;
+    };
+    let Some(ConfigType::TypedConfig(any)) = socket.config_type.as_mut() else {
+        panic!("transport socket without typed config");
+    };
+    let mut context =
+        UpstreamTlsContext::decode(any.value.as_slice()).expect("upstream TLS context");
+    static_secret_refs(
+        context
+            .common_tls_context
+            .as_mut()
+            .expect("common TLS context"),
+    );
+    *any = to_envoy_any(&context);
+    cluster
+}
+
+/// The resources of `bootstrap` with the secrets inline, so Envoy parses the secrets too (and
+/// initializes static clusters: validate mode has no ADS to fetch them from).
+fn with_inline_secrets(
+    mut bootstrap: Bootstrap,
+    chain_pem: &str,
+    key_pem: &str,
+    bundle_pem: &str,
+) -> Bootstrap {
     let resources = bootstrap.static_resources.get_or_insert_default();
     resources.listeners = std::mem::take(&mut resources.listeners)
         .into_iter()
         .map(with_static_secret_refs)
+        .collect();
+    resources.clusters = std::mem::take(&mut resources.clusters)
+        .into_iter()
+        .map(with_static_upstream_secret_refs)
         .collect();
     resources.secrets = identity_secret(MESH, chain_pem, key_pem)
         .into_iter()
@@ -169,20 +266,56 @@ fn bootstrap_passes_envoy_validate() {
     assert_valid(&bootstrap_with_ads(&params, AdsProtocol::StateOfTheWorld));
 }
 
+/// The agent's bootstrap with every listener and cluster as served.
+fn served() -> Bootstrap {
+    with_inbounds(bootstrap(&bootstrap_params(PathBuf::from("/tmp/xds.sock"))))
+}
+
 #[test]
-fn inbound_resources_as_served_pass_envoy_validate() {
-    let served = with_inbounds(bootstrap(&bootstrap_params(PathBuf::from("/tmp/xds.sock"))));
+fn resources_as_served_pass_envoy_validate() {
+    let served = served();
     assert_eq!(
         served.static_resources.as_ref().map(|r| r.listeners.len()),
-        Some(3)
+        Some(6)
     );
     assert_valid(&served);
 }
 
 #[test]
-fn inbound_resources_with_inline_secrets_pass_envoy_validate() {
+fn fetched_rbac_and_endpoints_pass_envoy_validate() {
     let (chain, key, bundle) = mesh_identity();
-    assert_valid(&with_inline_secrets(&chain, &key, &bundle));
+    for rules in [rules(), Vec::new()] {
+        let fetched = with_fetched_resources(served(), &rules);
+        assert_valid(&with_inline_secrets(fetched, &chain, &key, &bundle));
+    }
+}
+
+#[test]
+fn envoy_validate_rejects_an_invalid_rbac_filter() {
+    // Proves the check above reaches the RBAC filters: a policy without principals is invalid.
+    let (chain, key, bundle) = mesh_identity();
+    let mut bootstrap =
+        with_inline_secrets(with_fetched_resources(served(), &[]), &chain, &key, &bundle);
+    let resources = bootstrap.static_resources.get_or_insert_default();
+    let listener = resources
+        .listeners
+        .iter_mut()
+        .find(|l| l.name == "inbound:127.0.0.1:10002")
+        .expect("the STRICT inbound");
+    let mut rbac = network_rbac(MESH, "broken", &rules());
+    for policy in rbac.rules.get_or_insert_default().policies.values_mut() {
+        policy.principals.clear();
+    }
+    listener.filter_chains[0].filters[0].config_type =
+        Some(filter::ConfigType::TypedConfig(to_envoy_any(&rbac)));
+    let report = envoy_validate(&bootstrap).expect_err("Envoy accepted an invalid RBAC filter");
+    assert!(report.contains("Principals"), "{report}");
+}
+
+#[test]
+fn resources_with_inline_secrets_pass_envoy_validate() {
+    let (chain, key, bundle) = mesh_identity();
+    assert_valid(&with_inline_secrets(served(), &chain, &key, &bundle));
 }
 
 #[test]
@@ -190,7 +323,7 @@ fn envoy_validate_rejects_a_broken_certificate() {
     // Proves the inline-secret check above reaches the certificates.
     let (_, key, bundle) = mesh_identity();
     let broken = "-----BEGIN CERTIFICATE-----\nFAKE\n-----END CERTIFICATE-----\n";
-    let result = envoy_validate(&with_inline_secrets(broken, &key, &bundle));
+    let result = envoy_validate(&with_inline_secrets(served(), broken, &key, &bundle));
     let report = result.expect_err("Envoy accepted a broken certificate");
     assert!(
         report.contains("Failed to load certificate chain"),

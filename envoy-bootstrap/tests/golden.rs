@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use envoy_bootstrap::{
     MtlsMode, bootstrap, descriptor_pool, identity_secret, inbound_listener, local_app_cluster,
-    mesh_ca_secret, render_json, to_json, to_json_value,
+    mesh_ca_secret, outbound_cluster, outbound_listener, outbound_load_assignment,
+    rbac_extension_config, render_json, to_json, to_json_value,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost_reflect::{DeserializeOptions, DynamicMessage, ReflectMessage, Value};
-use support::{MESH, bootstrap_params, inbound};
+use support::{MESH, bootstrap_params, inbound, outbound, rules};
 
 /// Placeholder PEMs: the goldens show where key material goes without holding any.
 const FAKE_CHAIN: &str = "-----BEGIN CERTIFICATE-----\nFAKE-LEAF\n-----END CERTIFICATE-----\n\
@@ -182,4 +183,44 @@ fn secrets_golden() {
     let mut json = serde_json::to_string_pretty(&rendered).expect("serialize");
     json.push('\n');
     assert_golden("secrets.json", &json);
+}
+
+/// Renders `message`, proves the rendering lossless and compares it with `name`.
+fn assert_message_golden<M: prost::Message + prost::Name + Default>(name: &str, message: &M) {
+    let json = to_json(message).expect("render");
+    assert_lossless(message, &json);
+    assert_golden(name, &json);
+}
+
+#[test]
+fn rbac_golden() {
+    let listener = inbound(10001, Some(MtlsMode::Strict)).listener_name();
+    assert_message_golden(
+        "rbac.json",
+        &rbac_extension_config(MESH, &listener, &rules()),
+    );
+    assert_message_golden(
+        "rbac-deny-all.json",
+        &rbac_extension_config(MESH, &listener, &[]),
+    );
+}
+
+#[test]
+fn outbound_golden() {
+    let plain = outbound(20001, "backend", &[], Some(MtlsMode::Strict));
+    assert_message_golden("outbound-listener.json", &outbound_listener(&plain));
+    assert_message_golden("outbound-cluster.json", &outbound_cluster(&plain));
+    assert_message_golden("outbound-endpoints.json", &outbound_load_assignment(&plain));
+    let subset = outbound(
+        20002,
+        "backend",
+        &[("version", "v2")],
+        Some(MtlsMode::Strict),
+    );
+    assert_message_golden("outbound-cluster-subset.json", &outbound_cluster(&subset));
+    let plaintext = outbound(20001, "backend", &[], None);
+    assert_message_golden(
+        "outbound-cluster-plaintext.json",
+        &outbound_cluster(&plaintext),
+    );
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod procfs;
+
 /// How long a started control plane may take to report its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -138,6 +140,11 @@ impl CpLite {
             Some(Err(e)) => bail!("{e}; logs:\n{}", cp.logs_text()),
             None => bail!("cp-lite did not start in time; logs:\n{}", cp.logs_text()),
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The base URL of the API server.
@@ -460,19 +467,23 @@ impl KumaDp {
             .with_context(|| format!("kuma-dp not ready; logs:\n{}", self.logs_text()))
     }
 
-    /// Serial numbers (lower-case hex) of the certificates Envoy serves (`/certs`).
+    /// Serial numbers (lower-case hex, sorted, each once) of the certificates Envoy serves
+    /// (`/certs` lists them per TLS context, and every mTLS chain and cluster has its own).
     pub fn envoy_cert_serials(&self) -> Vec<String> {
         let Some((200, body)) = http_get(self.admin_port, "/certs") else {
             return Vec::new();
         };
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        json["certificates"]
+        let mut serials: Vec<String> = json["certificates"]
             .as_array()
             .into_iter()
             .flatten()
             .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
             .filter_map(|c| c["serial_number"].as_str().map(str::to_lowercase))
-            .collect()
+            .collect();
+        serials.sort();
+        serials.dedup();
+        serials
     }
 
     /// Sends `signal` (e.g. "TERM") to the agent.
@@ -595,14 +606,16 @@ pub fn openssl(args: &[&str]) -> Result<(bool, String)> {
 pub mod dp {
     use std::path::Path;
 
-    use anyhow::{Context, Result};
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, anyhow};
     use cp_lite_api::v1::dataplane_service_client::DataplaneServiceClient;
     use cp_lite_api::v1::{
         DataplaneRef, RegisterRequest, ReportCertificateRequest, SignCertificateRequest,
-        SignCertificateResponse,
+        SignCertificateResponse, View, WatchViewRequest,
     };
-    use tonic::Request;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use tonic::{Request, Streaming};
 
     /// A connected client.
     pub type Client = DataplaneServiceClient<Channel>;
@@ -684,5 +697,32 @@ pub mod dp {
             .report_certificate(with_token(report, token))
             .await
             .map(|_| ())
+    }
+
+    /// Opens the view stream of a Dataplane.
+    pub async fn watch_view(
+        client: &mut Client,
+        token: &str,
+        mesh: &str,
+        name: &str,
+    ) -> Result<Streaming<View>, tonic::Status> {
+        let request = WatchViewRequest {
+            dataplane: dataplane(mesh, name),
+        };
+        client
+            .watch_view(with_token(request, token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The next view of `stream`; an error when the stream ends or nothing comes within
+    /// `timeout`.
+    pub async fn next_view(stream: &mut Streaming<View>, timeout: Duration) -> Result<View> {
+        match tokio::time::timeout(timeout, stream.message()).await {
+            Ok(Ok(Some(view))) => Ok(view),
+            Ok(Ok(None)) => Err(anyhow!("the view stream ended")),
+            Ok(Err(status)) => Err(anyhow!("the view stream failed: {status}")),
+            Err(_) => Err(anyhow!("no view within {timeout:?}")),
+        }
     }
 }

@@ -616,6 +616,8 @@ fn systemd_units_wire_the_documented_paths() {
             ("ProtectHome", "yes"),
             ("PrivateTmp", "yes"),
             ("Restart", "on-failure"),
+            // A system call outside the filter fails instead of killing the process.
+            ("SystemCallErrorNumber", "EPERM"),
         ] {
             assert_eq!(service_value(entries, key), value, "{unit}: {key}");
         }

@@ -260,11 +260,21 @@ impl<C: ControlPlane> IdentityLoop<C> {
         }
     }
 
-    /// Publishes a view when its mTLS settings differ from the last one (the version alone
-    /// moves on every message).
+    /// Publishes a view when anything but its version differs from the last one (the version
+    /// alone moves on every message).
     fn publish_view(&self, view: View) {
         self.view.send_if_modified(|current| {
-            if current.as_ref().is_some_and(|c| c.mtls == view.mtls) {
+            // Destructured so that a new field cannot be forgotten here.
+            let View {
+                version: _,
+                mtls,
+                inbounds,
+                outbounds,
+            } = &view;
+            let same = current.as_ref().is_some_and(|c| {
+                &c.mtls == mtls && &c.inbounds == inbounds && &c.outbounds == outbounds
+            });
+            if same {
                 return false;
             }
             debug!(

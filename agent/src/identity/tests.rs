@@ -616,3 +616,71 @@ async fn rsa_keys_work_too() {
     assert_eq!(rsa.key_size(), 2048);
     stop(running).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_view_is_published_when_anything_but_its_version_changes() {
+    use cp_lite_api::v1::{InboundPermissions, OutboundView};
+
+    let fake = FakeCp::new(Duration::from_secs(3600), View::default());
+    fake.set_mtls(Some(mtls(&fake.ca)));
+    let mut running = start(&fake, KeyType::Ecdsa, None);
+    let first = tokio::time::timeout(PATIENCE, running.views.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
+        .unwrap();
+    ready(&mut running.identity, 1).await;
+
+    // New permissions for an inbound: published, and no new certificate.
+    fake.view.send_modify(|view| {
+        view.version += 1;
+        view.inbounds = vec![InboundPermissions {
+            port: 8080,
+            ..InboundPermissions::default()
+        }];
+    });
+    let second = tokio::time::timeout(
+        PATIENCE,
+        running
+            .views
+            .wait_for(|view| view.as_ref().is_some_and(|v| !v.inbounds.is_empty())),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert!(second.version > first.version);
+
+    // Only the version moves: nothing published (with the clock paused, the sleep returns
+    // once every task is idle). Then an outbound: published.
+    fake.view.send_modify(|view| view.version += 1);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!running.views.has_changed().unwrap());
+    fake.view.send_modify(|view| {
+        view.version += 1;
+        view.outbounds = vec![OutboundView {
+            port: 10001,
+            ..OutboundView::default()
+        }];
+    });
+    let third = tokio::time::timeout(
+        PATIENCE,
+        running
+            .views
+            .wait_for(|view| view.as_ref().is_some_and(|v| !v.outbounds.is_empty())),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(third.inbounds, second.inbounds);
+    assert_eq!(
+        fake.signs().len(),
+        1,
+        "a view change is not a reason to sign"
+    );
+    stop(running).await;
+}

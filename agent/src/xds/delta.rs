@@ -3,7 +3,9 @@
 //! reported in `removed_resources`.
 //!
 //! `known` records what was sent, whether or not Envoy accepted it: a NACKed resource is not sent
-//! again until a snapshot changes it.
+//! again until a snapshot changes it. The one exception: a cluster's endpoints are sent again
+//! after the cluster changes, because Envoy warms an updated EDS cluster until it receives its
+//! endpoints, and does not ask for a resource it already subscribes to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +16,10 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use super::sotw::resolve_type;
-use super::{TypeKind, push_rank, resource_version, resources_of, wire_any};
+use super::{
+    CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, TypeKind, push_rank, resource_version, resources_of,
+    wire_any,
+};
 use crate::metrics::Metrics;
 use crate::state::XdsSnapshot;
 
@@ -135,10 +140,22 @@ impl DeltaStream {
     pub(super) fn on_snapshot(&mut self, snapshot: &XdsSnapshot) -> Vec<DeltaDiscoveryResponse> {
         let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
         type_urls.sort_by_key(|type_url| push_rank(type_url));
-        let mut responses: Vec<DeltaDiscoveryResponse> = type_urls
-            .iter()
-            .filter_map(|type_url| self.respond(type_url, snapshot))
-            .collect();
+        let mut responses = Vec::new();
+        for type_url in &type_urls {
+            let Some(response) = self.respond(type_url, snapshot) else {
+                continue;
+            };
+            if type_url == CLUSTER_TYPE_URL
+                && let Some(endpoints) = self.types.get_mut(ENDPOINT_TYPE_URL)
+            {
+                // Pushed right after the clusters (the next rank): the updated clusters warm
+                // with them.
+                for cluster in &response.resources {
+                    endpoints.known.remove(&cluster.name);
+                }
+            }
+            responses.push(response);
+        }
         responses.sort_by_key(|response| response.resources.is_empty());
         responses
     }

@@ -17,15 +17,16 @@ mod snapshot;
 mod socket;
 mod sotw;
 
-pub use envoy_bootstrap::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL, SECRET_TYPE_URL};
+pub use envoy_bootstrap::{
+    CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, EXTENSION_CONFIG_TYPE_URL, LISTENER_TYPE_URL,
+    SECRET_TYPE_URL,
+};
 pub use server::serve;
 pub use snapshot::build_snapshot;
 pub use socket::{MAX_SOCKET_PATH_LEN, bind};
 
 /// Routes (RDS), answered by name only.
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// Endpoints (EDS), answered by name only.
-const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 /// Why the xDS socket could not be bound or served.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +100,8 @@ enum TypeKind {
     /// Listeners and clusters: an empty subscription means "everything", and the first request
     /// is always answered (Envoy waits for it to finish initialising).
     Wildcard,
-    /// Secrets, routes, endpoints: only the resources asked for by name, and nothing at all
-    /// while none of them exists (an empty SDS answer is a NACK in Envoy).
+    /// Secrets, endpoints, extension configs, routes: only the resources asked for by name, and
+    /// nothing at all while none of them exists (an empty SDS answer is a NACK in Envoy).
     Named,
     /// A type the agent never serves: answered once, empty.
     Unknown,
@@ -110,22 +111,26 @@ impl TypeKind {
     fn of(type_url: &str) -> TypeKind {
         match type_url {
             LISTENER_TYPE_URL | CLUSTER_TYPE_URL => TypeKind::Wildcard,
-            SECRET_TYPE_URL | ROUTE_TYPE | ENDPOINT_TYPE => TypeKind::Named,
+            SECRET_TYPE_URL | ENDPOINT_TYPE_URL | EXTENSION_CONFIG_TYPE_URL | ROUTE_TYPE => {
+                TypeKind::Named
+            }
             _ => TypeKind::Unknown,
         }
     }
 }
 
-/// The order types are pushed in after a snapshot change: secrets before the listeners that use
-/// them, clusters before the listeners that route to them (make before break).
+/// The order types are pushed in after a snapshot change: secrets before the listeners and
+/// clusters that use them, clusters (then their endpoints) before the listeners that route to
+/// them, the permissions before the listeners that fetch them (make before break).
 fn push_rank(type_url: &str) -> u8 {
     match type_url {
         SECRET_TYPE_URL => 0,
         CLUSTER_TYPE_URL => 1,
-        ENDPOINT_TYPE => 2,
-        LISTENER_TYPE_URL => 3,
-        ROUTE_TYPE => 4,
-        _ => 5,
+        ENDPOINT_TYPE_URL => 2,
+        EXTENSION_CONFIG_TYPE_URL => 3,
+        LISTENER_TYPE_URL => 4,
+        ROUTE_TYPE => 5,
+        _ => 6,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A response is sent only when its content differs from the last one sent for the type, which
 //! is also what keeps a NACKed configuration from being sent again: the next one goes out when a
-//! snapshot changes the content.
+//! snapshot changes the content. The one exception: endpoints are sent again after a cluster
+//! change, because Envoy warms an updated EDS cluster until it receives its endpoints, and asks
+//! with a request that looks like an ACK.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +13,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tonic::Status;
 use tracing::{debug, warn};
 
-use super::{TypeKind, fingerprint, push_rank, resources_of, wire_any};
+use super::{
+    CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, TypeKind, fingerprint, push_rank, resources_of, wire_any,
+};
 use crate::metrics::Metrics;
 use crate::state::XdsSnapshot;
 
@@ -106,10 +110,21 @@ impl SotwStream {
     pub(super) fn on_snapshot(&mut self, snapshot: &XdsSnapshot) -> Vec<DiscoveryResponse> {
         let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
         type_urls.sort_by_key(|type_url| push_rank(type_url));
-        type_urls
-            .iter()
-            .filter_map(|type_url| self.respond(type_url, snapshot))
-            .collect()
+        let mut responses = Vec::new();
+        for type_url in &type_urls {
+            let Some(response) = self.respond(type_url, snapshot) else {
+                continue;
+            };
+            if type_url == CLUSTER_TYPE_URL
+                && let Some(endpoints) = self.types.get_mut(ENDPOINT_TYPE_URL)
+            {
+                // Pushed right after the clusters (the next rank): the updated clusters warm
+                // with them.
+                endpoints.sent = None;
+            }
+            responses.push(response);
+        }
+        responses
     }
 
     /// The response for `type_url` if its content differs from what was last sent.

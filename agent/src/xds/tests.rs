@@ -10,8 +10,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use envoy_bootstrap::{
+    ClientSelector, OutboundEndpoint, OutboundParams, PermissionAction, PermissionRule,
+    outbound_load_assignment, rbac_extension_config,
+};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, data_source};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Node, TypedExtensionConfig, data_source,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     GenericSecret, Secret, secret,
@@ -787,6 +794,246 @@ async fn delta_ads_serves_wildcard_listeners_and_clusters() {
     let listeners = delta.next().await;
     assert_eq!(listeners.type_url, LISTENER_TYPE_URL);
     assert_eq!(listeners.removed_resources, ["inbound:10.0.0.5:15001"]);
+}
+
+/// The permissions of inbound 15001: one rule allowing everyone, from `policy`.
+const RBAC: &str = "rbac:inbound:10.0.0.5:15001";
+
+/// Adds the ECDS permissions of inbound 15001 (allowing every client, by `policy`), a cluster
+/// `backend` with `timeout_s` as its connect timeout, and its endpoints on `ports`.
+fn with_mesh_traffic(
+    mut snapshot: XdsSnapshot,
+    policy: &str,
+    timeout_s: i64,
+    ports: &[u16],
+) -> XdsSnapshot {
+    let rules = [PermissionRule {
+        policy: policy.to_string(),
+        action: PermissionAction::Allow,
+        clients: vec![ClientSelector::default()],
+    }];
+    let config = rbac_extension_config("default", "inbound:10.0.0.5:15001", &rules);
+    let endpoints = outbound_load_assignment(&OutboundParams {
+        mesh: "default".to_string(),
+        address: String::new(),
+        port: 20001,
+        service: "backend".to_string(),
+        tags: Default::default(),
+        endpoints: ports
+            .iter()
+            .map(|port| OutboundEndpoint {
+                address: "10.0.0.7".to_string(),
+                port: *port,
+            })
+            .collect(),
+        mtls: None,
+    });
+    let cluster = Cluster {
+        name: "backend".to_string(),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: timeout_s,
+            nanos: 0,
+        }),
+        ..Cluster::default()
+    };
+    for (type_url, name, resource) in [
+        (
+            EXTENSION_CONFIG_TYPE_URL,
+            RBAC,
+            any(EXTENSION_CONFIG_TYPE_URL, &config),
+        ),
+        (
+            ENDPOINT_TYPE_URL,
+            "backend",
+            any(ENDPOINT_TYPE_URL, &endpoints),
+        ),
+        (CLUSTER_TYPE_URL, "backend", any(CLUSTER_TYPE_URL, &cluster)),
+    ] {
+        snapshot
+            .resources
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name.to_string(), resource);
+    }
+    snapshot
+}
+
+/// The policy names of the RBAC in an ECDS resource.
+fn rbac_policies(any: &envoy_types::pb::google::protobuf::Any) -> Vec<String> {
+    assert_eq!(any.type_url, EXTENSION_CONFIG_TYPE_URL);
+    let config = TypedExtensionConfig::decode(any.value.as_slice()).unwrap();
+    assert_eq!(config.name, RBAC);
+    let rbac = envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac::decode(
+        config.typed_config.unwrap().value.as_slice(),
+    )
+    .unwrap();
+    let mut names: Vec<String> = rbac.rules.unwrap().policies.into_keys().collect();
+    names.sort();
+    names
+}
+
+/// The endpoint ports of a `ClusterLoadAssignment`.
+fn endpoint_ports(any: &envoy_types::pb::google::protobuf::Any) -> Vec<u32> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    assert_eq!(any.type_url, ENDPOINT_TYPE_URL);
+    let assignment = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+    assert_eq!(assignment.cluster_name, "backend");
+    assignment
+        .endpoints
+        .iter()
+        .flat_map(|locality| &locality.lb_endpoints)
+        .filter_map(|endpoint| match &endpoint.host_identifier {
+            Some(HostIdentifier::Endpoint(e)) => match e.address.as_ref()?.address.as_ref()? {
+                Kind::SocketAddress(s) => match s.port_specifier {
+                    Some(PortSpecifier::PortValue(port)) => Some(port),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sotw_ads_serves_permissions_and_endpoints_by_name() {
+    let base = || with_inbounds(secrets_snapshot(1, "cert-1", "ca-1"), &[15001]);
+    let h = Harness::start(with_mesh_traffic(
+        base(),
+        "TrafficPermission/a",
+        5,
+        &[15001],
+    ))
+    .await;
+    let mut ads = open_ads(&h, request(CLUSTER_TYPE_URL, &[], None)).await;
+    let clusters = ads.next().await;
+    ads.send(request(CLUSTER_TYPE_URL, &[], Some(&clusters)))
+        .await;
+    ads.send(request(EXTENSION_CONFIG_TYPE_URL, &[RBAC], None))
+        .await;
+    let rbac = ads.next().await;
+    assert_eq!(rbac.type_url, EXTENSION_CONFIG_TYPE_URL);
+    assert_eq!(rbac.resources.len(), 1);
+    assert_eq!(rbac_policies(&rbac.resources[0]), ["TrafficPermission/a"]);
+    ads.send(request(EXTENSION_CONFIG_TYPE_URL, &[RBAC], Some(&rbac)))
+        .await;
+    ads.send(request(ENDPOINT_TYPE_URL, &["backend"], None))
+        .await;
+    let endpoints = ads.next().await;
+    assert_eq!(endpoints.type_url, ENDPOINT_TYPE_URL);
+    assert_eq!(endpoint_ports(&endpoints.resources[0]), [15001]);
+    ads.send(request(ENDPOINT_TYPE_URL, &["backend"], Some(&endpoints)))
+        .await;
+
+    // New permissions: only the ECDS resource is pushed.
+    h.publish(with_mesh_traffic(
+        base(),
+        "TrafficPermission/b",
+        5,
+        &[15001],
+    ));
+    let rbac = ads.next().await;
+    assert_eq!(rbac.type_url, EXTENSION_CONFIG_TYPE_URL);
+    assert_eq!(rbac_policies(&rbac.resources[0]), ["TrafficPermission/b"]);
+    ads.send(request(EXTENSION_CONFIG_TYPE_URL, &[RBAC], Some(&rbac)))
+        .await;
+
+    // New endpoints: only the load assignment.
+    h.publish(with_mesh_traffic(
+        base(),
+        "TrafficPermission/b",
+        5,
+        &[15001, 15002],
+    ));
+    let endpoints = ads.next().await;
+    assert_eq!(endpoints.type_url, ENDPOINT_TYPE_URL);
+    assert_eq!(endpoint_ports(&endpoints.resources[0]), [15001, 15002]);
+    ads.send(request(ENDPOINT_TYPE_URL, &["backend"], Some(&endpoints)))
+        .await;
+
+    // A changed cluster: its unchanged endpoints follow it, or the cluster would never warm.
+    h.publish(with_mesh_traffic(
+        base(),
+        "TrafficPermission/b",
+        6,
+        &[15001, 15002],
+    ));
+    let clusters = ads.next().await;
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
+    let again = ads.next().await;
+    assert_eq!(again.type_url, ENDPOINT_TYPE_URL);
+    assert_eq!(endpoint_ports(&again.resources[0]), [15001, 15002]);
+    assert_ne!(again.nonce, endpoints.nonce);
+}
+
+#[tokio::test]
+async fn delta_ads_serves_permissions_and_endpoints_by_name() {
+    let base = || with_inbounds(secrets_snapshot(1, "cert-1", "ca-1"), &[15001]);
+    let h = Harness::start(with_mesh_traffic(
+        base(),
+        "TrafficPermission/a",
+        5,
+        &[15001],
+    ))
+    .await;
+    let mut delta = open_delta_ads(&h, subscribe(CLUSTER_TYPE_URL, &[])).await;
+    let clusters = delta.next().await;
+    delta.ack(&clusters).await;
+    delta
+        .send(subscribe(EXTENSION_CONFIG_TYPE_URL, &[RBAC]))
+        .await;
+    let rbac = delta.next().await;
+    assert_eq!(rbac.type_url, EXTENSION_CONFIG_TYPE_URL);
+    assert_eq!(rbac.resources[0].name, RBAC);
+    let resource = rbac.resources[0].resource.as_ref().unwrap();
+    assert_eq!(rbac_policies(resource), ["TrafficPermission/a"]);
+    delta.ack(&rbac).await;
+    delta.send(subscribe(ENDPOINT_TYPE_URL, &["backend"])).await;
+    let endpoints = delta.next().await;
+    assert_eq!(endpoints.type_url, ENDPOINT_TYPE_URL);
+    let resource = endpoints.resources[0].resource.as_ref().unwrap();
+    assert_eq!(endpoint_ports(resource), [15001]);
+    delta.ack(&endpoints).await;
+
+    // New permissions: only the ECDS resource.
+    h.publish(with_mesh_traffic(
+        base(),
+        "TrafficPermission/b",
+        5,
+        &[15001],
+    ));
+    let rbac = delta.next().await;
+    assert_eq!(rbac.type_url, EXTENSION_CONFIG_TYPE_URL);
+    let resource = rbac.resources[0].resource.as_ref().unwrap();
+    assert_eq!(rbac_policies(resource), ["TrafficPermission/b"]);
+    delta.ack(&rbac).await;
+
+    // A changed cluster with the same endpoints: the endpoints are sent again after it.
+    h.publish(with_mesh_traffic(
+        base(),
+        "TrafficPermission/b",
+        6,
+        &[15001],
+    ));
+    let clusters = delta.next().await;
+    assert_eq!(clusters.type_url, CLUSTER_TYPE_URL);
+    let names: Vec<_> = clusters.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["backend"]);
+    let again = delta.next().await;
+    assert_eq!(again.type_url, ENDPOINT_TYPE_URL);
+    assert_eq!(again.resources.len(), 1);
+    assert_eq!(again.resources[0].version, endpoints.resources[0].version);
+    delta.ack(&again).await;
+
+    // The inbound's permissions go (mTLS off): reported removed.
+    let mut without = with_mesh_traffic(base(), "TrafficPermission/b", 6, &[15001]);
+    without.resources.remove(EXTENSION_CONFIG_TYPE_URL);
+    h.publish(without);
+    let removed = delta.next().await;
+    assert_eq!(removed.type_url, EXTENSION_CONFIG_TYPE_URL);
+    assert_eq!(removed.removed_resources, [RBAC]);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ use crate::manager::ResourceManager;
 mod auth;
 mod gather;
 mod insight;
+mod rules;
 mod service;
 mod snapshot;
 pub mod tls;

@@ -1,11 +1,17 @@
-//! The DP server's in-memory snapshot of meshes, dataplanes and secrets, with everything the hot
-//! path needs already parsed: the issuing CA of each mesh, its trust bundle, the token
-//! verification keys and revocation list, and each Dataplane's tags and identities.
+//! The DP server's in-memory snapshot of meshes, dataplanes, authorization policies and secrets,
+//! with everything the hot path needs already parsed: the issuing CA of each mesh, its trust
+//! bundle, the token verification keys and revocation list, each Dataplane's tags and
+//! identities, each mesh's policies prepared for matching and its index of inbounds by service.
 //!
 //! A snapshot is rebuilt lazily, on the first call after the store's revisions of Mesh,
-//! Dataplane or Secret moved (DataplaneInsight writes do not count). Parsed CAs and keys are
-//! reused across rebuilds when the bytes they come from did not change, so a rebuild after, say,
-//! a new Dataplane parses no PEM at all.
+//! Dataplane, Secret, TrafficPermission or MeshTrafficPermission moved (DataplaneInsight writes
+//! do not count). It is built in three layers, each rebuilt only when its types moved and each
+//! shared (`Arc`) with the previous snapshot per mesh when its content did not change: the mesh
+//! layer (Mesh, Secret), the dataplane layer (Dataplane) and the policy layer (TrafficPermission,
+//! MeshTrafficPermission). A policy change thus lists only policies, and a view stream can tell
+//! from pointers alone which parts of its view may have changed. Parsed CAs and keys are reused
+//! across rebuilds when the bytes they come from did not change, so a rebuild after, say, a new
+//! Dataplane parses no PEM at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -16,9 +22,10 @@ use tokio::sync::{Mutex, watch};
 use tracing::warn;
 
 use super::error_chain;
+use super::rules::{EndpointIndex, MeshPolicies, PolicyInputs, Tags};
 use crate::ca::{self, Issuer};
 use crate::resources::{
-    self, Backend, DataSource, DataplaneSpec, MeshSpec, MtlsMode, ResourceType, Spec,
+    self, Backend, DataSource, DataplaneSpec, MeshSpec, MtlsMode, Outbound, ResourceType, Spec,
 };
 use crate::store::{Revisions, Store, StoreError, StoredResource};
 use crate::tokens::{self, RevocationList, VerificationKey};
@@ -29,6 +36,8 @@ struct Stamp {
     meshes: u64,
     dataplanes: u64,
     secrets: u64,
+    traffic_permissions: u64,
+    mesh_traffic_permissions: u64,
 }
 
 impl Stamp {
@@ -37,7 +46,23 @@ impl Stamp {
             meshes: revisions.of(ResourceType::Mesh),
             dataplanes: revisions.of(ResourceType::Dataplane),
             secrets: revisions.of(ResourceType::Secret),
+            traffic_permissions: revisions.of(ResourceType::TrafficPermission),
+            mesh_traffic_permissions: revisions.of(ResourceType::MeshTrafficPermission),
         }
+    }
+
+    /// Whether the mesh layer (meshes and secrets) is as of `other`.
+    fn same_meshes(&self, other: &Stamp) -> bool {
+        self.meshes == other.meshes && self.secrets == other.secrets
+    }
+
+    fn same_dataplanes(&self, other: &Stamp) -> bool {
+        self.dataplanes == other.dataplanes
+    }
+
+    fn same_policies(&self, other: &Stamp) -> bool {
+        self.traffic_permissions == other.traffic_permissions
+            && self.mesh_traffic_permissions == other.mesh_traffic_permissions
     }
 }
 
@@ -77,7 +102,9 @@ impl Snapshots {
             return Ok(fresh);
         }
         // Read the revisions before listing: a commit racing with the listing makes this
-        // snapshot look stale, never fresh, so the next call rebuilds again.
+        // snapshot look stale, never fresh, so the next call rebuilds again. For the same
+        // reason a layer whose revisions did not move since the previous snapshot was listed
+        // after no commit of its types, and can be reused as it is.
         let stamp = Stamp::of(&self.revisions.borrow());
         let previous = self.load();
         let next = Arc::new(Snapshot::build(self.store.as_ref(), stamp, &previous).await?);
@@ -100,17 +127,25 @@ impl Snapshots {
     }
 }
 
-/// An immutable picture of the meshes (with their dataplanes) at one set of store revisions.
+/// An immutable picture of the meshes (with their dataplanes and policies) at one set of store
+/// revisions.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     stamp: Option<Stamp>,
+    /// The mesh layer: only meshes that exist.
     meshes: HashMap<String, Arc<MeshState>>,
+    /// The dataplane layer, by mesh name (a mesh that does not exist has no dataplanes here).
+    dataplanes: HashMap<String, Arc<MeshDataplanes>>,
+    /// The policy layer, by mesh name; meshes without policies are absent.
+    policies: HashMap<String, Arc<MeshPolicies>>,
+    /// The policies of a mesh without any, shared by every snapshot.
+    no_policies: Arc<MeshPolicies>,
     /// Everything parsed from PEM, by the digest of the bytes it came from.
     issuers: HashMap<IssuerKey, Arc<IssuerEntry>>,
     keys: HashMap<[u8; 32], VerificationKey>,
 }
 
-/// What the DP server knows about one mesh.
+/// What the DP server knows about one mesh itself: its CA, trust bundle and token keys.
 #[derive(Debug)]
 pub(crate) struct MeshState {
     /// The enabled mTLS backend; `None` when mTLS is off.
@@ -120,7 +155,14 @@ pub(crate) struct MeshState {
     /// Token verification keys by `kid` (the signing key's serial).
     pub(crate) signing_keys: HashMap<u32, VerificationKey>,
     pub(crate) revocations: Arc<RevocationList>,
-    pub(crate) dataplanes: HashMap<String, Arc<DataplaneState>>,
+}
+
+/// The Dataplanes of one mesh and the index of their inbounds.
+#[derive(Debug, Default)]
+pub(crate) struct MeshDataplanes {
+    pub(crate) by_name: HashMap<String, Arc<DataplaneState>>,
+    /// Every inbound of every Dataplane of the mesh, by service.
+    pub(crate) endpoints: EndpointIndex,
 }
 
 /// The mesh's enabled mTLS backend.
@@ -150,6 +192,29 @@ pub(crate) struct DataplaneState {
     pub(crate) tags: BTreeMap<String, BTreeSet<String>>,
     /// The URI SANs to issue (KUMA-FACTS 6.1), or why there are none.
     pub(crate) identities: Result<Vec<String>, String>,
+    /// `networking.inbound`, in order.
+    pub(crate) inbounds: Vec<InboundState>,
+    /// `networking.outbound`, in order.
+    pub(crate) outbounds: Vec<Outbound>,
+}
+
+/// One inbound of a Dataplane, as the view needs it.
+#[derive(Debug)]
+pub(crate) struct InboundState {
+    pub(crate) port: u32,
+    /// `inbound.address`, else `networking.address`.
+    pub(crate) address: String,
+    pub(crate) tags: Tags,
+}
+
+/// Everything one Dataplane's view is computed from. Each part is shared with the snapshot;
+/// a part that is pointer-equal to the one of an earlier snapshot did not change.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewInputs {
+    pub(crate) mesh: Arc<MeshState>,
+    pub(crate) dataplane: Arc<DataplaneState>,
+    pub(crate) dataplanes: Arc<MeshDataplanes>,
+    pub(crate) policies: Arc<MeshPolicies>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,14 +231,25 @@ impl Snapshot {
         self.meshes.get(name)
     }
 
-    /// The Dataplane `mesh`/`name` with its mesh, if it exists.
+    /// The Dataplane `mesh`/`name` with its mesh, if both exist.
     pub(crate) fn dataplane(
         &self,
         mesh: &str,
         name: &str,
     ) -> Option<(&Arc<MeshState>, &Arc<DataplaneState>)> {
-        let mesh = self.meshes.get(mesh)?;
-        Some((mesh, mesh.dataplanes.get(name)?))
+        let state = self.meshes.get(mesh)?;
+        Some((state, self.dataplanes.get(mesh)?.by_name.get(name)?))
+    }
+
+    /// What the view of Dataplane `mesh`/`name` is computed from, if both exist.
+    pub(crate) fn view_inputs(&self, mesh: &str, name: &str) -> Option<ViewInputs> {
+        let (state, dataplane) = self.dataplane(mesh, name)?;
+        Some(ViewInputs {
+            mesh: state.clone(),
+            dataplane: dataplane.clone(),
+            dataplanes: self.dataplanes.get(mesh)?.clone(),
+            policies: self.policies.get(mesh).unwrap_or(&self.no_policies).clone(),
+        })
     }
 
     async fn build(
@@ -181,72 +257,162 @@ impl Snapshot {
         stamp: Stamp,
         previous: &Snapshot,
     ) -> Result<Snapshot, StoreError> {
-        let meshes = store.list(ResourceType::Mesh, None).await?;
-        let dataplanes = store.list(ResourceType::Dataplane, None).await?;
-        let secrets = store.list(ResourceType::Secret, None).await?;
-
-        let mut secret_data: HashMap<(String, String), Vec<u8>> = HashMap::new();
-        for secret in secrets {
-            match parse_spec(&secret) {
-                Some(Spec::Secret(spec)) => {
-                    secret_data.insert((secret.key.mesh, secret.key.name), spec.data);
-                }
-                _ => continue,
-            }
-        }
-        let mut dataplanes_by_mesh: HashMap<String, Vec<StoredResource>> = HashMap::new();
-        for dataplane in dataplanes {
-            dataplanes_by_mesh
-                .entry(dataplane.key.mesh.clone())
-                .or_default()
-                .push(dataplane);
-        }
-
+        let last = previous.stamp;
         let mut next = Snapshot {
             stamp: Some(stamp),
+            no_policies: previous.no_policies.clone(),
             ..Snapshot::default()
         };
-        for stored in meshes {
-            let Some(Spec::Mesh(spec)) = parse_spec(&stored) else {
-                continue;
-            };
-            let name = stored.key.name;
-            let mut builder = MeshBuilder {
-                mesh: &name,
-                secrets: &secret_data,
-                previous,
-                next: &mut next,
-            };
-            let mtls = builder.enabled_backend(&spec).await;
-            let trust_bundle = Arc::new(builder.trust_bundle(&spec).await);
-            let signing_keys = builder.signing_keys();
-            let revocations = Arc::new(
-                secret_data
-                    .get(&(name.clone(), tokens::revocations_secret_name(&name)))
-                    .map(|data| RevocationList::parse(data))
-                    .unwrap_or_else(RevocationList::empty),
-            );
-            let dataplanes = dataplanes_by_mesh
-                .remove(&name)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|stored| {
-                    let state = dataplane_state(&name, stored, previous)?;
-                    Some((state.name.clone(), state))
-                })
-                .collect();
-            next.meshes.insert(
-                name,
-                Arc::new(MeshState {
-                    mtls,
-                    trust_bundle,
-                    signing_keys,
-                    revocations,
-                    dataplanes,
-                }),
-            );
+        if last.is_some_and(|l| l.same_dataplanes(&stamp)) {
+            next.dataplanes = previous.dataplanes.clone();
+        } else {
+            let listed = store.list(ResourceType::Dataplane, None).await?;
+            next.dataplanes = build_dataplanes(listed, previous);
+        }
+        if last.is_some_and(|l| l.same_policies(&stamp)) {
+            next.policies = previous.policies.clone();
+        } else {
+            let traffic_permissions = store.list(ResourceType::TrafficPermission, None).await?;
+            let mesh_traffic_permissions = store
+                .list(ResourceType::MeshTrafficPermission, None)
+                .await?;
+            next.policies = build_policies(traffic_permissions, mesh_traffic_permissions, previous);
+        }
+        if last.is_some_and(|l| l.same_meshes(&stamp)) {
+            next.meshes = previous.meshes.clone();
+            next.issuers = previous.issuers.clone();
+            next.keys = previous.keys.clone();
+        } else {
+            let meshes = store.list(ResourceType::Mesh, None).await?;
+            let secrets = store.list(ResourceType::Secret, None).await?;
+            build_meshes(meshes, secrets, previous, &mut next).await;
         }
         Ok(next)
+    }
+}
+
+/// The dataplane layer from the listed Dataplanes, sharing every unchanged DataplaneState and
+/// every mesh whose Dataplanes all stayed the same.
+fn build_dataplanes(
+    listed: Vec<StoredResource>,
+    previous: &Snapshot,
+) -> HashMap<String, Arc<MeshDataplanes>> {
+    let mut by_mesh: HashMap<String, HashMap<String, Arc<DataplaneState>>> = HashMap::new();
+    for stored in listed {
+        let mesh = stored.key.mesh.clone();
+        if let Some(state) = dataplane_state(stored, previous) {
+            by_mesh
+                .entry(mesh)
+                .or_default()
+                .insert(state.name.clone(), state);
+        }
+    }
+    by_mesh
+        .into_iter()
+        .map(|(mesh, by_name)| {
+            let old = previous.dataplanes.get(&mesh);
+            let unchanged = old.is_some_and(|old| {
+                old.by_name.len() == by_name.len()
+                    && by_name
+                        .iter()
+                        .all(|(n, s)| old.by_name.get(n).is_some_and(|o| Arc::ptr_eq(o, s)))
+            });
+            let layer = match old {
+                Some(old) if unchanged => old.clone(),
+                _ => {
+                    let endpoints = EndpointIndex::new(by_name.values().flat_map(|s| {
+                        s.inbounds
+                            .iter()
+                            .map(|i| (i.address.as_str(), i.port, &i.tags))
+                    }));
+                    Arc::new(MeshDataplanes { by_name, endpoints })
+                }
+            };
+            (mesh, layer)
+        })
+        .collect()
+}
+
+/// The policy layer from the listed policies, sharing the policies of every mesh whose
+/// policies did not change.
+fn build_policies(
+    traffic_permissions: Vec<StoredResource>,
+    mesh_traffic_permissions: Vec<StoredResource>,
+    previous: &Snapshot,
+) -> HashMap<String, Arc<MeshPolicies>> {
+    let mut inputs: HashMap<String, PolicyInputs> = HashMap::new();
+    for stored in traffic_permissions {
+        if let Some(Spec::TrafficPermission(spec)) = parse_spec(&stored) {
+            inputs
+                .entry(stored.key.mesh)
+                .or_default()
+                .traffic_permissions
+                .push((stored.key.name, spec));
+        }
+    }
+    for stored in mesh_traffic_permissions {
+        if let Some(Spec::MeshTrafficPermission(spec)) = parse_spec(&stored) {
+            inputs
+                .entry(stored.key.mesh)
+                .or_default()
+                .mesh_traffic_permissions
+                .push((stored.key.name, spec));
+        }
+    }
+    inputs
+        .into_iter()
+        .map(|(mesh, inputs)| {
+            let layer = match previous.policies.get(&mesh) {
+                Some(old) if old.built_from(&inputs) => old.clone(),
+                _ => Arc::new(MeshPolicies::new(inputs)),
+            };
+            (mesh, layer)
+        })
+        .collect()
+}
+
+/// The mesh layer: every mesh's CA, trust bundle, token keys and revocations.
+async fn build_meshes(
+    meshes: Vec<StoredResource>,
+    secrets: Vec<StoredResource>,
+    previous: &Snapshot,
+    next: &mut Snapshot,
+) {
+    let mut secret_data: HashMap<(String, String), Vec<u8>> = HashMap::new();
+    for secret in secrets {
+        if let Some(Spec::Secret(spec)) = parse_spec(&secret) {
+            secret_data.insert((secret.key.mesh, secret.key.name), spec.data);
+        }
+    }
+    for stored in meshes {
+        let Some(Spec::Mesh(spec)) = parse_spec(&stored) else {
+            continue;
+        };
+        let name = stored.key.name;
+        let mut builder = MeshBuilder {
+            mesh: &name,
+            secrets: &secret_data,
+            previous,
+            next,
+        };
+        let mtls = builder.enabled_backend(&spec).await;
+        let trust_bundle = Arc::new(builder.trust_bundle(&spec).await);
+        let signing_keys = builder.signing_keys();
+        let revocations = Arc::new(
+            secret_data
+                .get(&(name.clone(), tokens::revocations_secret_name(&name)))
+                .map(|data| RevocationList::parse(data))
+                .unwrap_or_else(RevocationList::empty),
+        );
+        next.meshes.insert(
+            name,
+            Arc::new(MeshState {
+                mtls,
+                trust_bundle,
+                signing_keys,
+                revocations,
+            }),
+        );
     }
 }
 
@@ -262,12 +428,12 @@ fn parse_spec(stored: &StoredResource) -> Option<Spec> {
     }
 }
 
-fn dataplane_state(
-    mesh: &str,
-    stored: StoredResource,
-    previous: &Snapshot,
-) -> Option<Arc<DataplaneState>> {
-    if let Some((_, old)) = previous.dataplane(mesh, &stored.key.name)
+fn dataplane_state(stored: StoredResource, previous: &Snapshot) -> Option<Arc<DataplaneState>> {
+    let mesh = &stored.key.mesh;
+    if let Some(old) = previous
+        .dataplanes
+        .get(mesh)
+        .and_then(|layer| layer.by_name.get(&stored.key.name))
         && old.stored_spec == stored.spec
     {
         return Some(old.clone());
@@ -279,19 +445,38 @@ fn dataplane_state(
         mesh,
         stored.key.name,
         stored.spec,
-        &spec,
+        spec,
     )))
 }
 
 impl DataplaneState {
-    fn new(mesh: &str, name: String, stored_spec: serde_json::Value, spec: &DataplaneSpec) -> Self {
+    pub(super) fn new(
+        mesh: &str,
+        name: String,
+        stored_spec: serde_json::Value,
+        spec: DataplaneSpec,
+    ) -> Self {
         let tags = spec.tag_set();
         let identities = ca::identities(mesh, &name, &tags).map_err(|e| error_chain(&e));
+        let networking = spec.networking;
+        let inbounds = networking
+            .inbound
+            .into_iter()
+            .map(|inbound| InboundState {
+                port: inbound.port,
+                address: inbound
+                    .address
+                    .unwrap_or_else(|| networking.address.clone()),
+                tags: inbound.tags,
+            })
+            .collect();
         DataplaneState {
             name,
             stored_spec,
             tags,
             identities,
+            inbounds,
+            outbounds: networking.outbound,
         }
     }
 }
@@ -575,6 +760,70 @@ networking:
         let bundle = &second.mesh("default").unwrap().trust_bundle;
         assert_eq!(bundle.len(), 1);
         assert!(issuer_of(&second).intermediates.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_layer_is_rebuilt_only_when_its_types_move() {
+        let (store, manager) = setup(&[MESH, &dataplane("dp-1")]).await;
+        let snapshots = Snapshots::new(store);
+        let apply = |yaml: String| {
+            let manager = manager.clone();
+            async move {
+                for resource in parse_documents(&yaml).unwrap() {
+                    manager.apply(resource).await.unwrap();
+                }
+            }
+        };
+        let inputs = || async {
+            snapshots
+                .current()
+                .await
+                .unwrap()
+                .view_inputs("default", "dp-1")
+                .unwrap()
+        };
+        let first = inputs().await;
+        assert_eq!(first.dataplane.inbounds[0].address, "127.0.0.1");
+
+        // A policy: only the policy layer moves.
+        apply(
+            "type: TrafficPermission\nmesh: default\nname: tp-1\nsources:\n- match:\n    kuma.io/service: '*'\ndestinations:\n- match:\n    kuma.io/service: web\n"
+                .to_string(),
+        )
+        .await;
+        let second = inputs().await;
+        assert!(Arc::ptr_eq(&first.mesh, &second.mesh));
+        assert!(Arc::ptr_eq(&first.dataplane, &second.dataplane));
+        assert!(Arc::ptr_eq(&first.dataplanes, &second.dataplanes));
+        assert!(!Arc::ptr_eq(&first.policies, &second.policies));
+        assert_eq!(
+            second
+                .policies
+                .inbound_rules("dp-1", &second.dataplane.inbounds[0].tags)
+                .len(),
+            1
+        );
+
+        // A policy in another mesh leaves this mesh's policies shared.
+        apply("type: Mesh\nname: other\n".to_string()).await;
+        apply(
+            "type: TrafficPermission\nmesh: other\nname: tp-1\nsources:\n- match:\n    kuma.io/service: '*'\ndestinations:\n- match:\n    kuma.io/service: web\n"
+                .to_string(),
+        )
+        .await;
+        let third = inputs().await;
+        assert!(Arc::ptr_eq(&second.policies, &third.policies));
+        assert!(Arc::ptr_eq(&second.dataplanes, &third.dataplanes));
+
+        // A new Dataplane: the dataplane layer moves, dp-1's own state is shared.
+        apply(dataplane("dp-2")).await;
+        let fourth = inputs().await;
+        assert!(Arc::ptr_eq(&third.dataplane, &fourth.dataplane));
+        assert!(!Arc::ptr_eq(&third.dataplanes, &fourth.dataplanes));
+        assert!(Arc::ptr_eq(&third.policies, &fourth.policies));
+        assert!(Arc::ptr_eq(&third.mesh, &fourth.mesh));
+        let web = BTreeMap::from([("kuma.io/service".to_string(), "web".to_string())]);
+        assert_eq!(fourth.dataplanes.endpoints.endpoints(&web).len(), 2);
     }
 
     fn ca_params(common_name: &str) -> CertificateParams {

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use cp_lite_api::v1::dataplane_service_client::DataplaneServiceClient;
 use cp_lite_api::v1::{
-    DataplaneRef, MtlsMode as ProtoMtlsMode, RegisterRequest, ReportCertificateRequest,
-    SignCertificateRequest, SignCertificateResponse, View, WatchViewRequest,
+    ClientSelector, DataplaneRef, Endpoint as ViewEndpoint, InboundPermissions,
+    MtlsMode as ProtoMtlsMode, PermissionAction, PermissionRule, RegisterRequest,
+    ReportCertificateRequest, SignCertificateRequest, SignCertificateResponse, View,
+    WatchViewRequest,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, IsCa, KeyPair, KeyUsagePurpose,
@@ -706,6 +708,194 @@ async fn view_follows_the_mesh_and_closes_on_revocation() {
         Code::Unauthenticated,
         "authentication failed: token is revoked",
     );
+}
+
+const BACKEND: &str = "
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 9000
+    tags:
+      kuma.io/service: backend
+      version: v1
+";
+
+const ALLOW_FRONTEND: &str = "
+type: TrafficPermission
+mesh: default
+name: allow-frontend
+sources:
+- match:
+    kuma.io/service: frontend
+destinations:
+- match:
+    kuma.io/service: web
+";
+
+const DENY_ALL_BUT_ADMIN: &str = "
+type: MeshTrafficPermission
+mesh: default
+name: web-admin-only
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      action: Deny
+  - targetRef:
+      kind: MeshService
+      name: admin
+    default:
+      action: Allow
+";
+
+fn selector(pairs: &[(&str, &str)]) -> ClientSelector {
+    ClientSelector {
+        tags: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn endpoint_addresses(view: &View) -> Vec<(String, u32)> {
+    view.outbounds[0]
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.port))
+        .collect()
+}
+
+#[tokio::test]
+async fn view_carries_inbound_permissions_and_outbound_endpoints() {
+    let h = Harness::with_tokens().await;
+    h.apply_yaml(MESH_BUILTIN).await;
+    h.apply_yaml(BACKEND).await;
+    let token = h.token(&dp1_claims(), Duration::from_secs(3600)).await;
+    let mut client = h.client().await;
+    let mut request = register_dp1();
+    request.resource = format!(
+        "{DATAPLANE_DP1}  outbound:\n  - port: 10001\n    tags:\n      kuma.io/service: backend\n"
+    );
+    client
+        .register(authorized(request, token.as_str()))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch_view(authorized(
+            WatchViewRequest { dataplane: dp1() },
+            token.as_str(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // mTLS on and no policy: one inbound, no rules (everything denied); the backend endpoint.
+    let first = next_view(&mut stream).await.unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(
+        first.inbounds,
+        [InboundPermissions {
+            port: 8080,
+            address: "127.0.0.1".to_string(),
+            rules: vec![],
+        }]
+    );
+    assert_eq!(first.outbounds.len(), 1);
+    let outbound = &first.outbounds[0];
+    assert_eq!((outbound.port, outbound.address.as_str()), (10001, ""));
+    assert_eq!(
+        outbound.tags,
+        selector(&[("kuma.io/service", "backend")]).tags
+    );
+    assert_eq!(
+        outbound.endpoints,
+        [ViewEndpoint {
+            address: "10.0.0.2".to_string(),
+            port: 9000,
+            tags: selector(&[("kuma.io/service", "backend"), ("version", "v1")]).tags,
+        }]
+    );
+
+    h.apply_yaml(ALLOW_FRONTEND).await;
+    let view = next_view(&mut stream).await.unwrap();
+    assert_eq!(view.version, 2);
+    assert_eq!(
+        view.inbounds[0].rules,
+        [PermissionRule {
+            policy: "TrafficPermission/allow-frontend".to_string(),
+            action: PermissionAction::Allow as i32,
+            clients: vec![selector(&[("kuma.io/service", "frontend")])],
+        }]
+    );
+    assert_eq!(view.outbounds, first.outbounds);
+
+    // A policy for another service changes nothing here: no view. The MTP that follows is the
+    // next view, and it replaces the TrafficPermission.
+    h.apply_yaml(
+        &ALLOW_FRONTEND
+            .replace("allow-frontend", "allow-db")
+            .replace("service: web", "service: db"),
+    )
+    .await;
+    h.apply_yaml(DENY_ALL_BUT_ADMIN).await;
+    let view = next_view(&mut stream).await.unwrap();
+    assert_eq!(view.version, 3);
+    let rule = |action: PermissionAction, clients: &[(&str, &str)]| PermissionRule {
+        policy: "MeshTrafficPermission/web-admin-only".to_string(),
+        action: action as i32,
+        clients: vec![selector(clients)],
+    };
+    assert_eq!(
+        view.inbounds[0].rules,
+        [
+            rule(PermissionAction::Allow, &[("kuma.io/service", "admin")]),
+            rule(PermissionAction::Deny, &[]),
+        ]
+    );
+
+    let key = |kind, name: &str| ResourceKey::in_mesh(kind, "default", name);
+    let mtp = key(ResourceType::MeshTrafficPermission, "web-admin-only");
+    h.manager.delete(&mtp).await.unwrap();
+    let view = next_view(&mut stream).await.unwrap();
+    assert_eq!(
+        view.inbounds[0].rules[0].policy,
+        "TrafficPermission/allow-frontend"
+    );
+    let tp = key(ResourceType::TrafficPermission, "allow-frontend");
+    h.manager.delete(&tp).await.unwrap();
+    let view = next_view(&mut stream).await.unwrap();
+    assert!(view.inbounds[0].rules.is_empty());
+
+    // A second backend adds an endpoint, sorted by address.
+    h.apply_yaml(
+        &BACKEND
+            .replace("backend-1", "backend-2")
+            .replace("10.0.0.2", "10.0.0.1"),
+    )
+    .await;
+    let view = next_view(&mut stream).await.unwrap();
+    assert_eq!(
+        endpoint_addresses(&view),
+        [
+            ("10.0.0.1".to_string(), 9000),
+            ("10.0.0.2".to_string(), 9000)
+        ]
+    );
+
+    // mTLS off: no inbound permissions; the endpoints stay.
+    h.apply_yaml(MESH_OFF).await;
+    let view = next_view(&mut stream).await.unwrap();
+    assert_eq!(view.mtls, None);
+    assert!(view.inbounds.is_empty());
+    assert_eq!(endpoint_addresses(&view).len(), 2);
+    assert_eq!(view.version, 7);
 }
 
 #[tokio::test]

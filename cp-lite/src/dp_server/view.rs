@@ -1,11 +1,18 @@
 //! One agent's view stream: a first View at once, a new one whenever what the Dataplane needs to
-//! know changes, and the end of the stream when its token expires or is revoked, or when the
-//! Dataplane is deleted.
+//! know changes (mesh mTLS, the permissions of its inbounds, the endpoints of its outbounds), and
+//! the end of the stream when its token expires or is revoked, or when the Dataplane is deleted.
+//!
+//! A stream recomputes only the parts of its view whose inputs changed (the snapshot shares
+//! unchanged parts by pointer), so a policy change costs each stream its own inbounds' matching,
+//! and an unchanged view is not sent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cp_lite_api::v1::{MtlsMode as ProtoMtlsMode, MtlsView, View};
+use cp_lite_api::v1::{
+    InboundPermissions, MtlsMode as ProtoMtlsMode, MtlsView, OutboundView, View,
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -15,8 +22,9 @@ use tracing::{debug, warn};
 use super::auth::{self, Subject};
 use super::error_chain;
 use super::insight::{self, WhenMissing};
+use super::rules::MeshPolicies;
 use super::service::Shared;
-use super::snapshot::{DataplaneState, MeshState, Snapshot};
+use super::snapshot::{DataplaneState, MeshDataplanes, MeshState, Snapshot, ViewInputs};
 use crate::resources::MtlsMode;
 use crate::tokens::VerifiedToken;
 
@@ -25,6 +33,9 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// How long the final status of a stream may wait for room in the stream's buffer.
 const FINAL_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The address of an outbound that names none.
+const DEFAULT_OUTBOUND_ADDRESS: &str = "127.0.0.1";
 
 /// The Dataplane's view of its mesh; `None` when mTLS is off.
 pub(crate) fn mtls_view(mesh: &MeshState, dataplane: &DataplaneState) -> Option<MtlsView> {
@@ -40,6 +51,129 @@ pub(crate) fn mtls_view(mesh: &MeshState, dataplane: &DataplaneState) -> Option<
         // A Dataplane without a service gets no identity; signing explains why.
         identities: dataplane.identities.clone().unwrap_or_default(),
     })
+}
+
+/// Who may connect to each inbound of the Dataplane, in `networking.inbound` order; nothing when
+/// the mesh has mTLS off (no authorization applies then).
+pub(crate) fn inbound_permissions(
+    mesh: &MeshState,
+    dataplane: &DataplaneState,
+    policies: &MeshPolicies,
+) -> Vec<InboundPermissions> {
+    if mesh.mtls.is_none() {
+        return Vec::new();
+    }
+    dataplane
+        .inbounds
+        .iter()
+        .map(|inbound| InboundPermissions {
+            port: inbound.port,
+            address: inbound.address.clone(),
+            rules: policies.inbound_rules(&dataplane.name, &inbound.tags),
+        })
+        .collect()
+}
+
+/// The Dataplane's outbounds with their endpoints, in `networking.outbound` order. Of several
+/// outbounds on one address and port only the last is kept: Kuma accepts such a Dataplane and
+/// its last listener of a name replaces the earlier ones.
+pub(crate) fn outbound_views(
+    dataplane: &DataplaneState,
+    dataplanes: &MeshDataplanes,
+) -> Vec<OutboundView> {
+    let key = |o: &crate::resources::Outbound| {
+        let address = o.address.as_deref().unwrap_or(DEFAULT_OUTBOUND_ADDRESS);
+        (address.to_string(), o.port)
+    };
+    let last: HashMap<(String, u32), usize> = dataplane
+        .outbounds
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (key(o), i))
+        .collect();
+    dataplane
+        .outbounds
+        .iter()
+        .enumerate()
+        .filter(|(i, o)| last.get(&key(o)) == Some(i))
+        .map(|(_, outbound)| OutboundView {
+            port: outbound.port,
+            address: outbound.address.clone().unwrap_or_default(),
+            tags: outbound.tags.clone().into_iter().collect(),
+            endpoints: dataplanes.endpoints.endpoints(&outbound.tags),
+        })
+        .collect()
+}
+
+/// The content of the last view of a stream and what it was computed from.
+#[derive(Debug)]
+struct Current {
+    inputs: ViewInputs,
+    mtls: Option<MtlsView>,
+    inbounds: Vec<InboundPermissions>,
+    outbounds: Vec<OutboundView>,
+}
+
+impl Current {
+    fn compute(inputs: ViewInputs) -> Current {
+        let ViewInputs {
+            mesh,
+            dataplane,
+            dataplanes,
+            policies,
+        } = &inputs;
+        Current {
+            mtls: mtls_view(mesh, dataplane),
+            inbounds: inbound_permissions(mesh, dataplane, policies),
+            outbounds: outbound_views(dataplane, dataplanes),
+            inputs,
+        }
+    }
+
+    /// Whether the token must be verified again for `inputs`: the mesh (keys, revocations) or
+    /// the Dataplane (tags) changed.
+    fn same_subject(&self, inputs: &ViewInputs) -> bool {
+        Arc::ptr_eq(&self.inputs.mesh, &inputs.mesh)
+            && Arc::ptr_eq(&self.inputs.dataplane, &inputs.dataplane)
+    }
+
+    /// Moves to `inputs`, recomputing only the parts whose inputs changed; whether the content
+    /// changed.
+    fn update(&mut self, inputs: ViewInputs) -> bool {
+        let old = &self.inputs;
+        let same_mesh = Arc::ptr_eq(&old.mesh, &inputs.mesh);
+        let same_dataplane = Arc::ptr_eq(&old.dataplane, &inputs.dataplane);
+        let same_mtls_switch = old.mesh.mtls.is_some() == inputs.mesh.mtls.is_some();
+        let same_policies = Arc::ptr_eq(&old.policies, &inputs.policies);
+        let same_endpoints = Arc::ptr_eq(&old.dataplanes, &inputs.dataplanes);
+        let mut changed = false;
+        if !(same_mesh && same_dataplane) {
+            let mtls = mtls_view(&inputs.mesh, &inputs.dataplane);
+            changed |= mtls != self.mtls;
+            self.mtls = mtls;
+        }
+        if !(same_dataplane && same_mtls_switch && same_policies) {
+            let inbounds = inbound_permissions(&inputs.mesh, &inputs.dataplane, &inputs.policies);
+            changed |= inbounds != self.inbounds;
+            self.inbounds = inbounds;
+        }
+        if !(same_dataplane && same_endpoints) {
+            let outbounds = outbound_views(&inputs.dataplane, &inputs.dataplanes);
+            changed |= outbounds != self.outbounds;
+            self.outbounds = outbounds;
+        }
+        self.inputs = inputs;
+        changed
+    }
+
+    fn view(&self, version: u64) -> View {
+        View {
+            version,
+            mtls: self.mtls.clone(),
+            inbounds: self.inbounds.clone(),
+            outbounds: self.outbounds.clone(),
+        }
+    }
 }
 
 /// The producer side of one WatchView stream.
@@ -101,7 +235,7 @@ impl ViewWatch {
         let shared = self.shared.clone();
         let mut revisions = shared.snapshots.revisions();
         let mut seen: Option<Arc<Snapshot>> = None;
-        let mut sent: Option<Option<MtlsView>> = None;
+        let mut current: Option<Current> = None;
         let mut version = 0u64;
         let mut expiry_passed = false;
 
@@ -115,25 +249,29 @@ impl ViewWatch {
             // DataplaneInsight writes wake us too but leave the snapshot as it was.
             let changed = !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &snapshot));
             if changed || expiry_passed {
-                let Some((mesh, dataplane)) = snapshot.dataplane(&self.mesh, &self.name) else {
+                let Some(inputs) = snapshot.view_inputs(&self.mesh, &self.name) else {
                     return End::Status(auth::dataplane_not_found(&self.mesh, &self.name));
                 };
-                if let Err(status) = self.recheck_token(mesh, dataplane, expiry_passed) {
+                let same_subject = current.as_ref().is_some_and(|c| c.same_subject(&inputs));
+                if (!same_subject || expiry_passed)
+                    && let Err(status) =
+                        self.recheck_token(&inputs.mesh, &inputs.dataplane, expiry_passed)
+                {
                     return End::Status(status);
                 }
                 expiry_passed = false;
-                let view = mtls_view(mesh, dataplane);
-                if sent.as_ref() != Some(&view) {
+                let send = match &mut current {
+                    Some(current) => current.update(inputs),
+                    None => {
+                        current = Some(Current::compute(inputs));
+                        true
+                    }
+                };
+                if send && let Some(current) = &current {
                     version += 1;
-                    let message = View {
-                        version,
-                        mtls: view.clone(),
-                        ..Default::default()
-                    };
-                    if !self.deliver(views, message).await {
+                    if !self.deliver(views, current.view(version)).await {
                         return End::Gone;
                     }
-                    sent = Some(view);
                 }
                 seen = Some(snapshot);
             }
@@ -203,5 +341,66 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::dp_server::rules::EndpointIndex;
+    use crate::resources::{ResourceType, Spec};
+
+    fn state(name: &str, spec: serde_json::Value) -> DataplaneState {
+        let Spec::Dataplane(parsed) =
+            Spec::from_value(ResourceType::Dataplane, spec.clone()).unwrap()
+        else {
+            panic!("not a Dataplane");
+        };
+        DataplaneState::new("default", name.to_string(), spec, parsed)
+    }
+
+    #[test]
+    fn the_last_outbound_on_an_address_and_port_wins() {
+        let web = state(
+            "web",
+            json!({"networking": {"address": "10.0.0.1",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+            "outbound": [
+                {"port": 10001, "tags": {"kuma.io/service": "backend"}},
+                {"port": 10002, "address": "127.0.0.2", "tags": {"kuma.io/service": "db"}},
+                {"port": 10001, "address": "127.0.0.1", "tags": {"kuma.io/service": "cache"}},
+                {"port": 10002, "tags": {"kuma.io/service": "queue"}}
+            ]}}),
+        );
+        let dataplanes = MeshDataplanes {
+            by_name: HashMap::new(),
+            endpoints: EndpointIndex::new(
+                web.inbounds
+                    .iter()
+                    .map(|i| (i.address.as_str(), i.port, &i.tags)),
+            ),
+        };
+        let outbounds = outbound_views(&web, &dataplanes);
+        let summary: Vec<(&str, u32, &str)> = outbounds
+            .iter()
+            .map(|o| {
+                (
+                    o.address.as_str(),
+                    o.port,
+                    o.tags["kuma.io/service"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("127.0.0.2", 10002, "db"),
+                ("127.0.0.1", 10001, "cache"),
+                ("", 10002, "queue")
+            ]
+        );
+        assert!(outbounds.iter().all(|o| o.endpoints.is_empty()));
     }
 }

@@ -72,7 +72,8 @@ pub struct Outbound {
     /// The local address; `127.0.0.1` when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// The destination's tags; the deprecated `service: x` form becomes `kuma.io/service: x`.
+    /// The destination's tags; the deprecated `service: x` form, without tags, becomes
+    /// `kuma.io/service: x`.
     pub tags: BTreeMap<String, String>,
 }
 
@@ -101,9 +102,12 @@ struct RawOutbound {
 impl From<RawOutbound> for Outbound {
     fn from(raw: RawOutbound) -> Self {
         let mut tags = raw.tags;
-        if let Some(service) = raw.service {
-            // As in Kuma, explicit tags win over the deprecated `service` field.
-            tags.entry(SERVICE_TAG.to_string()).or_insert(service);
+        // As in Kuma, the deprecated `service` field counts only when there are no tags: tags
+        // without `kuma.io/service` next to it are refused by validation, not completed.
+        if tags.is_empty()
+            && let Some(service) = raw.service
+        {
+            tags.insert(SERVICE_TAG.to_string(), service);
         }
         Outbound {
             port: raw.port,
@@ -469,9 +473,14 @@ mod tests {
         "outbound": [
             {"port": 0},
             {"port": 1, "address": "x", "tags": {"version": "v1"}},
-            {"port": 2, "service": "redis", "tags": {"kuma.io/service": "cache"}}
+            {"port": 2, "service": "redis", "tags": {"kuma.io/service": "cache"}},
+            {"port": 3, "service": "redis", "tags": {"version": "v1"}},
+            {"port": 4, "service": "redis", "tags": {}},
+            {"port": 5, "address": "127.0.0.2", "tags": {"kuma.io/service": "a", "v": "inv@lid"}}
         ]}}));
         assert_eq!(spec.networking.outbound[2].service(), Some("cache"));
+        assert_eq!(spec.networking.outbound[3].service(), None);
+        assert_eq!(spec.networking.outbound[4].service(), Some("redis"));
         assert_eq!(
             violations(&spec),
             vec![
@@ -490,6 +499,14 @@ mod tests {
                 pair(
                     "networking.outbound[1].tags",
                     "mandatory tag \"kuma.io/service\" is missing"
+                ),
+                pair(
+                    "networking.outbound[3].tags",
+                    "mandatory tag \"kuma.io/service\" is missing"
+                ),
+                pair(
+                    "networking.outbound[5].tags[\"v\"]",
+                    "tag value must consist of alphanumeric characters, dots, dashes and underscores"
                 ),
             ]
         );

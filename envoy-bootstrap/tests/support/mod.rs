@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use envoy_bootstrap::{BootstrapParams, InboundParams, MtlsMode};
+use envoy_bootstrap::{
+    BootstrapParams, ClientSelector, InboundParams, MtlsMode, OutboundEndpoint, OutboundParams,
+    PermissionAction, PermissionRule,
+};
 
 /// The mesh every fixture lives in.
 pub const MESH: &str = "demo";
@@ -34,4 +37,65 @@ pub fn inbound(port: u16, mtls: Option<MtlsMode>) -> InboundParams {
         ]),
         mtls,
     }
+}
+
+/// Outbound `port` of `web-1` to `service` (with the subset `tags`), served by two endpoints.
+pub fn outbound(
+    port: u16,
+    service: &str,
+    tags: &[(&str, &str)],
+    mtls: Option<MtlsMode>,
+) -> OutboundParams {
+    OutboundParams {
+        mesh: MESH.to_owned(),
+        address: String::new(),
+        port,
+        service: service.to_owned(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        endpoints: vec![
+            OutboundEndpoint {
+                address: "127.0.0.2".to_owned(),
+                port: 10001,
+            },
+            OutboundEndpoint {
+                address: "127.0.0.3".to_owned(),
+                port: 10001,
+            },
+        ],
+        mtls,
+    }
+}
+
+/// Rules exercising every translation: a deny before a wildcard allow, a tag other than the
+/// service, a shadow deny, and one policy contributing a deny and an allow.
+pub fn rules() -> Vec<PermissionRule> {
+    let selector = |tags: &[(&str, &str)]| ClientSelector {
+        tags: tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    vec![
+        PermissionRule {
+            policy: "MeshTrafficPermission/backend".to_owned(),
+            action: PermissionAction::Deny,
+            clients: vec![selector(&[("kuma.io/service", "legacy")])],
+        },
+        PermissionRule {
+            policy: "MeshTrafficPermission/canary".to_owned(),
+            action: PermissionAction::AllowWithShadowDeny,
+            clients: vec![selector(&[("kuma.io/service", "web"), ("version", "v2")])],
+        },
+        PermissionRule {
+            policy: "MeshTrafficPermission/backend".to_owned(),
+            action: PermissionAction::Allow,
+            clients: vec![
+                selector(&[("kuma.io/service", "web")]),
+                selector(&[("kuma.io/zone", "*")]),
+            ],
+        },
+    ]
 }

@@ -8,16 +8,24 @@
 //!   is done by hand, requests are encoded once): the clients share the cores with the server,
 //!   and a tonic `Channel` spends more than the server's non-crypto work per call. The figures
 //!   cover [`MEASURE`] after [`WARM_UP`].
+//! - `cp_view_push_1000_ms`: [`VIEW_AGENTS`] Dataplanes registered and as many WatchView
+//!   streams open against the real binary, each over its own TLS connection as agents do;
+//!   a TrafficPermission change gives every inbound a new rule. The time from the API write
+//!   returning until the last stream received its new view, median of [`VIEW_ROUNDS`].
+//! - `cp_rss_per_agent_kib`: cp-lite's VmRSS with those streams open minus before they
+//!   connected, per stream.
+//!
+//! `bench <filter>` measures only the figures whose names contain `<filter>`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cp_lite::ca::Issuer;
 use cp_lite::tokens::{self, DataplaneClaims, RevocationList, SigningKey, VerificationKey};
-use cp_lite_api::v1::{SignCertificateRequest, SignCertificateResponse};
+use cp_lite_api::v1::{SignCertificateRequest, SignCertificateResponse, View, WatchViewRequest};
 use integration_tests::{CpLite, dp};
 use prost::Message as _;
 use rustls_pki_types::pem::PemObject as _;
@@ -40,18 +48,67 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const CLIENTS: usize = 64;
 /// Distinct pre-built CSRs, cycled through.
 const CSRS: usize = 256;
+/// Dataplanes, and view streams, of the view push measurement.
+const VIEW_AGENTS: usize = 1000;
+/// Services they serve: each serves `svc-<i mod VIEW_SERVICES>` and calls the next one, so an
+/// outbound has `VIEW_AGENTS / VIEW_SERVICES` endpoints.
+const VIEW_SERVICES: usize = 100;
+/// Measured policy changes (after one unmeasured change).
+const VIEW_ROUNDS: usize = 5;
+/// How many streams connect at once.
+const VIEW_CONNECT_BATCH: usize = 50;
+/// How long a round may take before the bench gives up.
+const VIEW_ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The mesh of the view push measurement.
+const VIEW_MESH: &str = "views";
 
 fn main() -> Result<()> {
-    let csrs = Arc::new(build_csrs()?);
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let wanted = |names: &[&str]| names.iter().any(|n| n.contains(filter.as_str()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cp = CpLite::start_with_env(&data, &[("KUMA_STORE_TYPE", "memory")])?;
-    for (suffix, mesh, ca) in [("", "p256", p256_ca()?), ("_rsa", "rsa", rsa_ca()?)] {
+    sign_figures(&runtime, &dir.path().join("data"), &wanted)?;
+    if wanted(&["cp_view_push_1000_ms", "cp_rss_per_agent_kib"]) {
+        let (push_ms, rss_kib) = runtime.block_on(view_figures(&dir.path().join("views")))?;
+        println!("cp_view_push_1000_ms: {push_ms:.1} ms");
+        println!("cp_rss_per_agent_kib: {rss_kib:.1} KiB");
+    }
+    Ok(())
+}
+
+/// The CSR signing figures, per CA.
+fn sign_figures(
+    runtime: &tokio::runtime::Runtime,
+    data: &std::path::Path,
+    wanted: &dyn Fn(&[&str]) -> bool,
+) -> Result<()> {
+    let names = |suffix: &str| {
+        [
+            format!("csr_sign_raw{suffix}_per_s"),
+            format!("csr_sign_e2e{suffix}_per_s"),
+            format!("csr_sign_e2e{suffix}_p99_ms"),
+            format!("csr_sign_e2e{suffix}_ratio"),
+        ]
+    };
+    let cas: Vec<(&str, &str)> = [("", "p256"), ("_rsa", "rsa")]
+        .into_iter()
+        .filter(|(suffix, _)| wanted(&names(suffix).iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
+    if cas.is_empty() {
+        return Ok(());
+    }
+    let csrs = Arc::new(build_csrs()?);
+    let cp = CpLite::start_with_env(data, &[("KUMA_STORE_TYPE", "memory")])?;
+    for (suffix, mesh) in cas {
+        let ca = if suffix.is_empty() {
+            p256_ca()?
+        } else {
+            rsa_ca()?
+        };
         let raw = Raw::new(&ca)?;
-        let mut e2e = runtime.block_on(EndToEnd::set_up(&cp, &data, mesh, &ca, &csrs))?;
+        let mut e2e = runtime.block_on(EndToEnd::set_up(&cp, data, mesh, &ca, &csrs))?;
         let mut rounds = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             let raw = raw.per_second(&csrs)?;
@@ -346,10 +403,14 @@ impl EndToEnd {
 /// The gRPC frame of a SignCertificate request for `dp-1` in `mesh`: built once per CSR, so
 /// that the clients spend their time on the wire, not on encoding.
 fn grpc_frame(mesh: &str, csr: &[u8]) -> Result<Bytes> {
-    let message = SignCertificateRequest {
+    encode_frame(&SignCertificateRequest {
         dataplane: dp::dataplane(mesh, "dp-1"),
         csr_der: csr.to_vec(),
-    };
+    })
+}
+
+/// `message` as one uncompressed gRPC frame.
+fn encode_frame(message: &impl prost::Message) -> Result<Bytes> {
     let len = message.encoded_len();
     let mut frame = BytesMut::with_capacity(5 + len);
     frame.put_u8(0); // not compressed
@@ -382,7 +443,13 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
+    /// A SignCertificate call.
     fn new(token: &str) -> Result<Self> {
+        Self::for_method(token, "SignCertificate")
+    }
+
+    /// A call of `method` of the DataplaneService.
+    fn for_method(token: &str, method: &str) -> Result<Self> {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -391,7 +458,7 @@ impl RequestTemplate {
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         headers.insert(http::header::AUTHORIZATION, token.parse()?);
         Ok(RequestTemplate {
-            uri: "https://localhost/kuma.dp.v1.DataplaneService/SignCertificate".parse()?,
+            uri: format!("https://localhost/kuma.dp.v1.DataplaneService/{method}").parse()?,
             headers,
         })
     }
@@ -480,6 +547,293 @@ impl SignClient {
             ended = &mut *connection => {
                 ended?;
                 bail!("the server closed the connection")
+            }
+        }
+    }
+}
+
+/// What the view clients saw of the current round.
+#[derive(Debug, Default)]
+struct ViewTally {
+    /// The round whose views count: its TrafficPermission allows `client-<round>`.
+    round: AtomicUsize,
+    /// Streams that received the view of `round`.
+    received: AtomicUsize,
+    /// When the last of them arrived, in nanoseconds since `epoch`.
+    last_arrival_ns: AtomicU64,
+    /// First views (any round): how many streams are up.
+    connected: AtomicUsize,
+}
+
+/// The view push figures: (median push time in ms, RSS per stream in KiB).
+async fn view_figures(data: &std::path::Path) -> Result<(f64, f64)> {
+    let cp = CpLite::start(data)?;
+    let pid = cp.pid().context("cp-lite pid")?;
+    let http = reqwest::Client::new();
+    let api = cp.api_url();
+    put(
+        &http,
+        format!("{api}/meshes/{VIEW_MESH}"),
+        serde_json::json!({"type": "Mesh", "name": VIEW_MESH, "mtls": {"enabledBackend": "ca-1",
+            "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+    )
+    .await?;
+    let mut writes = tokio::task::JoinSet::new();
+    for chunk in (0..VIEW_AGENTS)
+        .collect::<Vec<_>>()
+        .chunks(VIEW_CONNECT_BATCH)
+    {
+        for &i in chunk {
+            let (http, api) = (http.clone(), api.clone());
+            writes.spawn(async move {
+                put(
+                    &http,
+                    format!("{api}/meshes/{VIEW_MESH}/dataplanes/dp-{i}"),
+                    view_dataplane(i),
+                )
+                .await
+            });
+        }
+        while let Some(done) = writes.join_next().await {
+            done??;
+        }
+    }
+    let response = http
+        .post(format!("{api}/tokens/dataplane"))
+        .json(&serde_json::json!({"mesh": VIEW_MESH, "validFor": "1h"}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("token: {} {}", response.status(), response.text().await?);
+    }
+    let token = response.text().await?;
+    let tls = client_tls(data)?;
+    let template = RequestTemplate::for_method(&token, "WatchView")?;
+    let epoch = Instant::now();
+    let tally = Arc::new(ViewTally::default());
+
+    // One stream first, so that the snapshot is built and the baseline holds it.
+    let warm = tokio::spawn(watch_views(
+        tls.clone(),
+        cp.dp,
+        template.clone(),
+        encode_frame(&WatchViewRequest {
+            dataplane: dp::dataplane(VIEW_MESH, "dp-0"),
+        })?,
+        tally.clone(),
+        epoch,
+    ));
+    wait_for(|| tally.connected.load(Ordering::SeqCst) >= 1, &warm).await?;
+    warm.abort();
+    tally.connected.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = vm_rss_kib(pid)?;
+
+    let mut clients = tokio::task::JoinSet::new();
+    for chunk in (0..VIEW_AGENTS)
+        .collect::<Vec<_>>()
+        .chunks(VIEW_CONNECT_BATCH)
+    {
+        for &i in chunk {
+            let body = encode_frame(&WatchViewRequest {
+                dataplane: dp::dataplane(VIEW_MESH, &format!("dp-{i}")),
+            })?;
+            clients.spawn(watch_views(
+                tls.clone(),
+                cp.dp,
+                template.clone(),
+                body,
+                tally.clone(),
+                epoch,
+            ));
+        }
+        let target = clients.len();
+        wait_for_all(
+            || tally.connected.load(Ordering::SeqCst) >= target,
+            &mut clients,
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = vm_rss_kib(pid)?;
+    let rss_per_agent = (after - before) / VIEW_AGENTS as f64;
+
+    let mut pushes = Vec::with_capacity(VIEW_ROUNDS);
+    for round in 1..=VIEW_ROUNDS + 1 {
+        tally.received.store(0, Ordering::SeqCst);
+        tally.last_arrival_ns.store(0, Ordering::SeqCst);
+        tally.round.store(round, Ordering::SeqCst);
+        put(
+            &http,
+            format!("{api}/meshes/{VIEW_MESH}/traffic-permissions/bench"),
+            serde_json::json!({"type": "TrafficPermission", "mesh": VIEW_MESH, "name": "bench",
+                "sources": [{"match": {"kuma.io/service": format!("client-{round}")}}],
+                "destinations": [{"match": {"kuma.io/service": "*"}}]}),
+        )
+        .await?;
+        let written = epoch.elapsed();
+        wait_for_all(
+            || tally.received.load(Ordering::SeqCst) >= VIEW_AGENTS,
+            &mut clients,
+        )
+        .await?;
+        let last = Duration::from_nanos(tally.last_arrival_ns.load(Ordering::SeqCst));
+        // The first change is a warm-up (policy layer, allocator).
+        if round > 1 {
+            pushes.push(last.saturating_sub(written).as_secs_f64() * 1000.0);
+        }
+        // Let the streams settle before the next change.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    clients.abort_all();
+    Ok((median(pushes.into_iter()), rss_per_agent))
+}
+
+/// Dataplane `dp-<i>`: serves `svc-<i mod VIEW_SERVICES>` and calls the next service.
+fn view_dataplane(i: usize) -> serde_json::Value {
+    let service = i % VIEW_SERVICES;
+    serde_json::json!({"type": "Dataplane", "mesh": VIEW_MESH, "name": format!("dp-{i}"),
+    "networking": {
+        "address": format!("10.0.{}.{}", i / 250, i % 250 + 1),
+        "inbound": [{"port": 8080, "servicePort": 80,
+            "tags": {"kuma.io/service": format!("svc-{service}"), "version": "v1"}}],
+        "outbound": [{"port": 10001,
+            "tags": {"kuma.io/service": format!("svc-{}", (service + 1) % VIEW_SERVICES)}}]
+    }})
+}
+
+async fn put(http: &reqwest::Client, url: String, body: serde_json::Value) -> Result<()> {
+    let response = http.put(&url).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!(
+            "PUT {url}: {} {}",
+            response.status(),
+            response.text().await?
+        );
+    }
+    Ok(())
+}
+
+/// Polls `done` until it holds, failing when `task` ends first or after [`VIEW_ROUND_TIMEOUT`].
+async fn wait_for(
+    done: impl Fn() -> bool,
+    task: &tokio::task::JoinHandle<Result<()>>,
+) -> Result<()> {
+    let deadline = Instant::now() + VIEW_ROUND_TIMEOUT;
+    while !done() {
+        if task.is_finished() {
+            bail!("the view client ended early");
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for views");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Polls `done` until it holds, failing with the first client that ends or after
+/// [`VIEW_ROUND_TIMEOUT`].
+async fn wait_for_all(
+    done: impl Fn() -> bool,
+    clients: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
+    let deadline = Instant::now() + VIEW_ROUND_TIMEOUT;
+    while !done() {
+        if let Some(ended) = clients.try_join_next() {
+            ended??;
+            bail!("a view client ended early");
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for views");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// VmRSS of process `pid`, KiB.
+fn vm_rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS")?
+        .parse()?;
+    Ok(kib)
+}
+
+/// One agent's view stream over its own TLS connection, driven by this task (h2 directly, the
+/// gRPC framing by hand). Every view is decoded; the one carrying the current round's rule is
+/// counted with its arrival time. Runs until the stream fails or the task is aborted.
+async fn watch_views(
+    tls: TlsConnector,
+    address: std::net::SocketAddr,
+    template: RequestTemplate,
+    body: Bytes,
+    tally: Arc<ViewTally>,
+    epoch: Instant,
+) -> Result<()> {
+    let tcp = TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tls.connect(ServerName::try_from("localhost")?, tcp).await?;
+    let (mut send, mut connection) = h2::client::handshake(stream).await?;
+    let (response, mut request) = send.send_request(template.request(), false)?;
+    request.send_data(body, true)?;
+    let response = tokio::select! {
+        response = response => response?,
+        ended = &mut connection => {
+            ended?;
+            bail!("the server closed the connection")
+        }
+    };
+    if response.status() != http::StatusCode::OK {
+        bail!("HTTP status {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut pending = BytesMut::new();
+    let mut first = true;
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.data() => chunk,
+            ended = &mut connection => {
+                ended?;
+                bail!("the server closed the connection")
+            }
+        };
+        let Some(chunk) = chunk else {
+            bail!("the view stream ended: {:?}", body.trailers().await?);
+        };
+        let chunk = chunk?;
+        let arrival = epoch.elapsed();
+        body.flow_control().release_capacity(chunk.len())?;
+        pending.extend_from_slice(&chunk);
+        while pending.len() >= 5 {
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending.len() < 5 + len {
+                break;
+            }
+            pending.advance(5);
+            let view = View::decode(pending.split_to(len))?;
+            if first {
+                first = false;
+                tally.connected.fetch_add(1, Ordering::SeqCst);
+            }
+            let round = tally.round.load(Ordering::SeqCst);
+            let allowed = view
+                .inbounds
+                .first()
+                .and_then(|i| i.rules.first())
+                .and_then(|r| r.clients.first())
+                .and_then(|c| c.tags.get("kuma.io/service"));
+            if round > 0 && allowed.is_some_and(|s| *s == format!("client-{round}")) {
+                let nanos = u64::try_from(arrival.as_nanos())?;
+                tally.last_arrival_ns.fetch_max(nanos, Ordering::SeqCst);
+                tally.received.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use integration_tests::{CpLite, KumaDp, KumaDpOptions, Kumactl, eventually, free_port, openssl};
@@ -330,18 +330,25 @@ fn a_replaced_token_is_used_and_a_revoked_one_is_reported() {
 }
 
 /// Every PEM private key in the files under `dir` (not following links).
-fn private_keys_under(dir: &Path, found: &mut Vec<PathBuf>) {
+/// PEM files holding a private key under `dir`, written since `since` when given. Files over
+/// 1 MiB are binaries or stores, not PEM files, and are skipped.
+fn private_keys_under(dir: &Path, since: Option<SystemTime>, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
+        let (Ok(kind), Ok(meta)) = (entry.file_type(), entry.metadata()) else {
             continue;
         };
         let path = entry.path();
         if kind.is_dir() {
-            private_keys_under(&path, found);
-        } else if kind.is_file()
+            private_keys_under(&path, since, found);
+            continue;
+        }
+        let recent = since.is_none_or(|since| meta.modified().is_ok_and(|m| m >= since));
+        if kind.is_file()
+            && recent
+            && meta.len() <= 1 << 20
             && let Ok(bytes) = std::fs::read(&path)
             && bytes.windows(11).any(|w| w == b"PRIVATE KEY")
         {
@@ -352,6 +359,7 @@ fn private_keys_under(dir: &Path, found: &mut Vec<PathBuf>) {
 
 #[test]
 fn no_dataplane_key_reaches_the_disk() {
+    let started = SystemTime::now();
     let mesh = Mesh::new("1h", &[]);
     let options = mesh.options();
     let mut agent = KumaDp::start(&options).unwrap();
@@ -377,11 +385,12 @@ fn no_dataplane_key_reaches_the_disk() {
     // The work dir holds no key at all; wherever keys exist (the control plane keeps its CA
     // and server keys in its data dir), none is the dataplane's.
     let mut in_work_dir = Vec::new();
-    private_keys_under(&options.work_dir, &mut in_work_dir);
+    private_keys_under(&options.work_dir, None, &mut in_work_dir);
     assert!(in_work_dir.is_empty(), "{in_work_dir:?}");
     let mut keys = Vec::new();
-    private_keys_under(mesh.dir.path(), &mut keys);
-    private_keys_under(&std::env::temp_dir(), &mut keys);
+    private_keys_under(mesh.dir.path(), None, &mut keys);
+    // Anything written anywhere in the temp dir while the agent ran.
+    private_keys_under(&std::env::temp_dir(), Some(started), &mut keys);
     for key in keys {
         let (ok, public) = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]).unwrap();
         if ok {

@@ -25,7 +25,7 @@ use super::insight::{self, WhenMissing};
 use super::rules::MeshPolicies;
 use super::service::Shared;
 use super::snapshot::{DataplaneState, MeshDataplanes, MeshState, Snapshot, ViewInputs};
-use crate::resources::MtlsMode;
+use crate::resources::{MtlsMode, Outbound};
 use crate::tokens::VerifiedToken;
 
 /// Token expiry has a one-second resolution: wake up just after it, not just before.
@@ -81,7 +81,7 @@ pub(crate) fn outbound_views(
     dataplane: &DataplaneState,
     dataplanes: &MeshDataplanes,
 ) -> Vec<OutboundView> {
-    let key = |o: &crate::resources::Outbound| {
+    let key = |o: &Outbound| {
         let address = o.address.as_deref().unwrap_or(DEFAULT_OUTBOUND_ADDRESS);
         (address.to_string(), o.port)
     };
@@ -130,8 +130,8 @@ impl Current {
         }
     }
 
-    /// Whether the token must be verified again for `inputs`: the mesh (keys, revocations) or
-    /// the Dataplane (tags) changed.
+    /// Whether `inputs` has the mesh (token keys, revocations) and the Dataplane (tags) of the
+    /// last view, so that the token need not be verified again.
     fn same_subject(&self, inputs: &ViewInputs) -> bool {
         Arc::ptr_eq(&self.inputs.mesh, &inputs.mesh)
             && Arc::ptr_eq(&self.inputs.dataplane, &inputs.dataplane)

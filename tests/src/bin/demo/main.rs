@@ -34,14 +34,18 @@ fn main() -> ExitCode {
     let outcome = demo.run();
     let mut code = 0u8;
     if let Err(failure) = &outcome {
-        match failure.error.downcast_ref::<Interrupted>() {
-            Some(Interrupted(signal)) => code = 128 + *signal as u8,
+        let reason = match failure.error.downcast_ref::<Interrupted>() {
+            Some(interrupted) => {
+                code = 128 + interrupted.0 as u8;
+                interrupted.to_string()
+            }
             None => {
                 code = 1;
                 eprintln!("\n{}\n", demo.log_tails());
+                format!("{:#}", failure.error)
             }
-        }
-        eprintln!("FAILED at step {}: {:#}", failure.step, failure.error);
+        };
+        eprintln!("FAILED at step {}: {reason}", failure.step);
     }
     if let Err(error) = demo.finish() {
         eprintln!("FAILED to clean up: {error:#}");

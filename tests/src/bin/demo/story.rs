@@ -15,7 +15,7 @@ use integration_tests::http_get;
 use tempfile::TempDir;
 
 use crate::procs::{self, Handle, Supervisor, indent};
-use crate::signals::Signals;
+use crate::signals::{Interrupted, Signals};
 
 /// The mesh of the demo.
 const MESH: &str = "default";
@@ -803,8 +803,13 @@ impl Demo {
     fn openssl_output(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
         let mut command = Command::new("openssl");
         command.args(args).current_dir(self.dir.path());
-        procs::run(command, stdin, COMMAND_TIMEOUT, &self.signals)
-            .context("running openssl (.ci/install-deps installs it)")
+        procs::run(command, stdin, COMMAND_TIMEOUT, &self.signals).map_err(|error| {
+            if error.is::<Interrupted>() {
+                error
+            } else {
+                error.context("running openssl (`make demo` installs it)")
+            }
+        })
     }
 
     /// The certificate presented on 127.0.0.1:`port`, read by `openssl s_client`. A STRICT

@@ -71,6 +71,51 @@ pub(crate) fn sanitize_stat_name(name: &str) -> String {
         .collect()
 }
 
+/// Assertions the inbound and outbound tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+
+    /// Mesh mTLS of `mesh`: ALPN `kuma`, the SDS identity, the SDS mesh CA, and one URI SAN
+    /// matcher `san` for the peer.
+    pub(crate) fn assert_mesh_tls(common: CommonTlsContext, mesh: &str, san: MatchPattern) {
+        assert_eq!(common.alpn_protocols, ["kuma"]);
+        let names: Vec<_> = common
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, [format!("identity_cert:secret:{mesh}")]);
+        let Some(ValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!("no combined validation context");
+        };
+        assert_eq!(
+            combined
+                .validation_context_sds_secret_config
+                .map(|c| c.name),
+            Some(format!("mesh_ca:secret:{mesh}"))
+        );
+        let matchers = combined
+            .default_validation_context
+            .unwrap_or_default()
+            .match_typed_subject_alt_names;
+        assert_eq!(matchers.len(), 1);
+        assert_eq!(matchers[0].san_type, SanType::Uri as i32);
+        assert_eq!(
+            matchers[0]
+                .matcher
+                .as_ref()
+                .and_then(|m| m.match_pattern.clone()),
+            Some(san)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

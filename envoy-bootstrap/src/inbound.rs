@@ -319,6 +319,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::common::test_support::assert_mesh_tls;
 
     fn params(mtls: Option<MtlsMode>) -> InboundParams {
         InboundParams {
@@ -448,38 +449,10 @@ mod tests {
             context.require_client_certificate,
             Some(BoolValue { value: true })
         );
-        let common = context.common_tls_context.unwrap_or_default();
-        assert_eq!(common.alpn_protocols, ["kuma"]);
-        let names: Vec<_> = common
-            .tls_certificate_sds_secret_configs
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(names, ["identity_cert:secret:demo"]);
-        let Some(ValidationContextType::CombinedValidationContext(combined)) =
-            common.validation_context_type
-        else {
-            panic!("no combined validation context");
-        };
-        assert_eq!(
-            combined
-                .validation_context_sds_secret_config
-                .map(|c| c.name)
-                .as_deref(),
-            Some("mesh_ca:secret:demo")
-        );
-        let san = &combined
-            .default_validation_context
-            .unwrap_or_default()
-            .match_typed_subject_alt_names;
-        assert_eq!(san.len(), 1);
-        assert_eq!(san[0].san_type, SanType::Uri as i32);
-        assert_eq!(
-            san[0]
-                .matcher
-                .as_ref()
-                .and_then(|m| m.match_pattern.clone()),
-            Some(MatchPattern::Prefix("spiffe://demo/".into()))
+        assert_mesh_tls(
+            context.common_tls_context.unwrap_or_default(),
+            "demo",
+            MatchPattern::Prefix("spiffe://demo/".into()),
         );
     }
 

@@ -224,10 +224,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
     use prost::Message;
 
     use super::*;
+    use crate::common::test_support::assert_mesh_tls;
 
     fn params(mtls: Option<MtlsMode>) -> OutboundParams {
         OutboundParams {
@@ -321,37 +321,10 @@ mod tests {
             assert!(cluster.load_assignment.is_none());
             let context = tls_context(&outbound_cluster(&params(Some(mode)))).unwrap_or_default();
             assert_eq!(context.sni, "backend");
-            let common = context.common_tls_context.unwrap_or_default();
-            assert_eq!(common.alpn_protocols, ["kuma"]);
-            let names: Vec<_> = common
-                .tls_certificate_sds_secret_configs
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            assert_eq!(names, ["identity_cert:secret:demo"]);
-            let Some(ValidationContextType::CombinedValidationContext(combined)) =
-                common.validation_context_type
-            else {
-                panic!("no combined validation context");
-            };
-            assert_eq!(
-                combined
-                    .validation_context_sds_secret_config
-                    .map(|c| c.name)
-                    .as_deref(),
-                Some("mesh_ca:secret:demo")
-            );
-            let san = combined
-                .default_validation_context
-                .unwrap_or_default()
-                .match_typed_subject_alt_names;
-            assert_eq!(san.len(), 1);
-            assert_eq!(
-                san[0]
-                    .matcher
-                    .as_ref()
-                    .and_then(|m| m.match_pattern.clone()),
-                Some(MatchPattern::Exact("spiffe://demo/backend".into()))
+            assert_mesh_tls(
+                context.common_tls_context.unwrap_or_default(),
+                "demo",
+                MatchPattern::Exact("spiffe://demo/backend".into()),
             );
         }
     }

@@ -3,11 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use envoy_bootstrap::DEFAULT_SERVICE_ADDRESS;
+use envoy_bootstrap::{DEFAULT_SERVICE_ADDRESS, SERVICE_TAG};
 use serde::Deserialize;
-
-/// The tag naming the service an inbound belongs to.
-pub const SERVICE_TAG: &str = "kuma.io/service";
 
 /// Why the registered Dataplane could not be read.
 #[derive(Debug, thiserror::Error)]

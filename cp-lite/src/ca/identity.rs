@@ -3,9 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::CaError;
-
-/// Kuma's service tag, the source of SPIFFE identities.
-const SERVICE_TAG: &str = "kuma.io/service";
+use crate::resources::SERVICE_TAG;
 
 /// The SAN URIs of a dataplane certificate, in Kuma's order: `spiffe://<mesh>/<service>` for
 /// each `kuma.io/service` value (sorted), then `kuma://<tag>/<value>` for each tag (sorted) and

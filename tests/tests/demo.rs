@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
 use integration_tests::eventually;
@@ -21,6 +21,16 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the demo may take to stop after SIGINT.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One demo at a time: each picks free loopback ports before its processes bind them, and a
+/// second demo's processes (their outgoing connections included) could take one in between.
+static ONE_DEMO: Mutex<()> = Mutex::new(());
+
+fn one_demo() -> MutexGuard<'static, ()> {
+    ONE_DEMO
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The demo binary, started with its output piped: every line goes to the channel.
 fn start_demo() -> (Child, mpsc::Receiver<String>) {
@@ -73,6 +83,7 @@ fn work_dir(output: &[String]) -> PathBuf {
 
 #[test]
 fn the_demo_passes_every_step() {
+    let _one = one_demo();
     let (mut child, lines) = start_demo();
     let status = wait(&mut child, RUN_TIMEOUT);
     // The readers finish once the demo closed its output.
@@ -101,6 +112,7 @@ fn the_demo_passes_every_step() {
 
 #[test]
 fn ctrl_c_mid_way_leaves_no_process_behind() {
+    let _one = one_demo();
     let (mut child, lines) = start_demo();
     let demo_pid = child.id();
     let mut output = Vec::new();
